@@ -1,0 +1,56 @@
+# rxen: a Xen-style paravirtualization stack in Rust.
+#
+#   make demo   boot the Xen test host, start guests, show them working
+#   make test   everything CI runs: unit tests, loopback tests, Xen host scenarios
+#
+# Slow artifacts (Debian packages, dom0 root, guest images) live outside the
+# clone, in $(RXEN_CACHE), keyed by package versions and input hashes.
+
+CARGO       ?= cargo
+RXEN_CACHE  ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rxen
+export RXEN_CACHE
+
+.PHONY: all build deps test test-unit test-fuzz test-xen xen-host demo bench fuzz clippy clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests, C differential tests, loopback multi-process tests.
+test-unit: deps
+	$(CARGO) test --workspace
+
+# Short, bounded fuzzing runs of every fuzz target (regression, not discovery).
+test-fuzz: deps
+	./scripts/fuzz.sh smoke
+
+# Build (or reuse from the cache) the Xen test host: QEMU, Xen 4.17, dom0, guests.
+xen-host: deps
+	./tests/xen-host/build.sh
+
+# Scenarios on the real Xen test host, booted under QEMU.
+test-xen: xen-host
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release -p xen-scenarios -- --test-threads=1 --nocapture
+
+test: test-unit test-fuzz test-xen
+
+demo: xen-host
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p xen-harness --bin rxen-demo
+
+bench: deps
+	$(CARGO) bench -p rxen-bench
+
+fuzz: deps
+	./scripts/fuzz.sh long
+
+clean:
+	$(CARGO) clean

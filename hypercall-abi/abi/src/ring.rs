@@ -1,0 +1,1 @@
+//! The generic shared ring of `xen/io/ring.h`.

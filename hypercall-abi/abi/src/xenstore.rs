@@ -1,0 +1,1 @@
+//! The xenstore wire-protocol client, shared by every platform.

@@ -1,0 +1,1 @@
+//! The Linux platform: Xen through `/dev/xen/*`.

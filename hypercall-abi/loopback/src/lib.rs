@@ -1,0 +1,1 @@
+//! The loopback platform: two processes on one Linux host.

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the host packages the build and tests need, from Debian's archive.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+
+need=()
+dpkg -s libxen-dev >/dev/null 2>&1 || need+=(libxen-dev)   # Xen's C headers, for differential tests
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-deps: need root to install: ${need[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Builds (or reuses from the cache) the Xen test host: Xen 4.17, a Debian
+# dom0 (kernel 6.1), guest kernels 6.1 and 6.12, a guest initramfs and a
+# small ext4 disk image. Everything comes from Debian's archive.
+#
+# Output: $RXEN_CACHE/host/current, an env-style manifest that the Rust
+# harness (tests/xen-harness) reads. Each artifact lives in a directory
+# named by a hash of the package versions and of the recipe that built it,
+# so a changed package or recipe rebuilds only what it affects and a warm
+# cache is a no-op.
+#
+# Environment:
+#   RXEN_CACHE          cache directory (default ${XDG_CACHE_HOME:-~/.cache}/rxen)
+#   RXEN_DEBIAN_MIRROR  mirror for debootstrap (default: the configured one)
+#   RXEN_APT_UPDATE=1   run apt-get update before resolving versions
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+RXEN_CACHE=${RXEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rxen}
+HOST_DIR=$RXEN_CACHE/host
+DEBS=$RXEN_CACHE/debs
+SUITE=bookworm
+# shellcheck source=tests/xen-host/lib.sh
+. "$HERE/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get, debootstrap and chroot need it)"
+mkdir -p "$HOST_DIR" "$DEBS"
+exec 9>"$RXEN_CACHE/.build.lock"
+flock 9
+
+start=$(date +%s)
+apt_refresh_if_stale
+install_host_packages
+
+# --- Resolve package versions ------------------------------------------------
+XEN_VER=$(candidate xen-hypervisor-4.17-amd64)
+XEN_UTILS_VER=$(candidate xen-utils-4.17)
+[ "$XEN_VER" = "$XEN_UTILS_VER" ] ||
+    die "xen-hypervisor-4.17-amd64 ($XEN_VER) and xen-utils-4.17 ($XEN_UTILS_VER) differ; run apt-get update"
+DOM0_PKG=$(meta_target linux-image-amd64)                 # linux-image-6.1.0-N-amd64
+GUEST61_PKG=$(meta_target linux-image-cloud-amd64)        # linux-image-6.1.0-N-cloud-amd64
+GUEST612_PKG=$(meta_target linux-image-6.12-cloud-amd64)  # linux-image-6.12.X+deb12-cloud-amd64
+DOM0_VER=$(candidate "$DOM0_PKG")
+GUEST61_VER=$(candidate "$GUEST61_PKG")
+GUEST612_VER=$(candidate "$GUEST612_PKG")
+BUSYBOX_VER=$(candidate busybox-static)
+LIBC_VER=$(candidate libc6)
+LIBGCC_VER=$(candidate libgcc-s1)
+DOM0_KVER=${DOM0_PKG#linux-image-}
+GUEST61_KVER=${GUEST61_PKG#linux-image-}
+GUEST612_KVER=${GUEST612_PKG#linux-image-}
+log "xen $XEN_VER; dom0 $DOM0_KVER ($DOM0_VER); guests $GUEST61_KVER ($GUEST61_VER), $GUEST612_KVER ($GUEST612_VER)"
+
+# --- Components ----------------------------------------------------------------
+
+# Xen: the multiboot ELF that QEMU's -kernel loads.
+build_xen() {
+    local out=$1 x
+    x=$(extract_deb xen-hypervisor-4.17-amd64 "$XEN_VER")
+    zcat "$x/boot/xen-4.17-amd64.gz" >"$out/xen.elf"
+    cp "$x/boot/xen-4.17-amd64.config" "$out/xen.config"
+}
+
+# Modules dom0 loads, plus what a backend or a test may want; their
+# dependencies are added by module_closure.
+DOM0_MODULES="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback
+xen-netback xen-blkfront xen-netfront loop virtio_console virtio_pci ext4 bridge
+tun veth dummy"
+DOM0_PACKAGES="xen-utils-4.17=$XEN_UTILS_VER busybox iproute2 kmod procps psmisc
+util-linux mount e2fsprogs coreutils"
+
+# dom0: Debian's 6.1 kernel and a debootstrap root with Xen's tools, packed
+# as one initramfs. Only the modules in DOM0_MODULES (and their
+# dependencies) are kept, with modules.dep made by depmod in the root.
+build_dom0() {
+    local out=$1 root k mods m
+    root=$(mktemp -d "$RXEN_CACHE/tmp.dom0.XXXXXX")
+    CLEANUP+=("$root")
+    log "debootstrap $SUITE (minbase) from $(debian_mirror)"
+    debootstrap --variant=minbase --cache-dir="$RXEN_CACHE/debootstrap" \
+        --include=busybox,iproute2,kmod,procps,util-linux,mount,e2fsprogs \
+        "$SUITE" "$root" "$(debian_mirror)" >"$root.debootstrap.log" 2>&1 ||
+        { tail -20 "$root.debootstrap.log" >&2; die "debootstrap failed (log: $root.debootstrap.log)"; }
+    rm -f "$root.debootstrap.log"
+    # shellcheck disable=SC2086 # the package list is a list of words
+    chroot_apt_install "$root" $DOM0_PACKAGES
+
+    k=$(extract_deb "$DOM0_PKG" "$DOM0_VER")
+    cp "$k/boot/vmlinuz-$DOM0_KVER" "$out/vmlinuz"
+    cp "$k/boot/config-$DOM0_KVER" "$out/config"
+    # shellcheck disable=SC2086
+    mods=$(module_closure "$k" "$DOM0_KVER" $DOM0_MODULES)
+    mkdir -p "$root/lib/modules/$DOM0_KVER"
+    for m in $mods modules.order modules.builtin modules.builtin.modinfo; do
+        install -D -m 0644 "$k/lib/modules/$DOM0_KVER/$m" "$root/lib/modules/$DOM0_KVER/$m"
+    done
+    chroot "$root" depmod "$DOM0_KVER"
+
+    install -m 0755 "$HERE/dom0/init" "$root/init"
+    install -D -m 0755 "$HERE/dom0/rxen-agent" "$root/usr/local/sbin/rxen-agent"
+    printf 'rxen-dom0\n' >"$root/etc/hostname"
+    slim_root "$root"
+    pack_initramfs "$root" "$out/initrd.img"
+}
+
+# Guest modules: the PV front ends and the userspace Xen devices a test
+# program may open. ext4 and hvc0 are built into Debian's cloud kernels.
+GUEST_MODULES="xen-blkfront xen-netfront xen-evtchn xen-gntdev xen-gntalloc
+xen-privcmd xenfs"
+
+# Guest kernels and one busybox initramfs that carries the modules of both
+# kernels and the C runtime (so that dynamically linked project binaries,
+# added as an overlay at run time, can run in a guest).
+build_guest() {
+    local out=$1 root bb libc libgcc kpkg kver kver_var k mods m order
+    root=$(mktemp -d "$RXEN_CACHE/tmp.guest.XXXXXX")
+    CLEANUP+=("$root")
+    mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,mnt,run,root,lib64,usr/bin,usr/sbin}
+    bb=$(extract_deb busybox-static "$BUSYBOX_VER")
+    install -m 0755 "$bb/bin/busybox" "$root/bin/busybox"
+    "$root/bin/busybox" --list-full | while read -r m; do
+        [ -e "$root/$m" ] || ln -s /bin/busybox "$root/$m"
+    done
+    libc=$(extract_deb libc6 "$LIBC_VER")
+    libgcc=$(extract_deb libgcc-s1 "$LIBGCC_VER")
+    mkdir -p "$root/lib/x86_64-linux-gnu"
+    for m in ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1; do
+        cp -L "$libc/lib/x86_64-linux-gnu/$m" "$root/lib/x86_64-linux-gnu/"
+    done
+    cp -L "$libgcc/lib/x86_64-linux-gnu/libgcc_s.so.1" "$root/lib/x86_64-linux-gnu/"
+    ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/ld-linux-x86-64.so.2"
+
+    for kver_var in GUEST61 GUEST612; do
+        kpkg=${kver_var}_PKG; kpkg=${!kpkg}
+        m=${kver_var}_VER; k=$(extract_deb "$kpkg" "${!m}")
+        kver=${kpkg#linux-image-}
+        cp "$k/boot/vmlinuz-$kver" "$out/vmlinuz-$kver"
+        cp "$k/boot/config-$kver" "$out/config-$kver"
+        # shellcheck disable=SC2086
+        mods=$(module_closure "$k" "$kver" $GUEST_MODULES)
+        order=$root/lib/modules/$kver/rxen-load-order
+        mkdir -p "$root/lib/modules/$kver"
+        : >"$order"
+        for m in $mods; do
+            # busybox's insmod does not read compressed modules
+            case $m in
+            *.ko.xz) install -D -m 0644 /dev/null "$root/lib/modules/$kver/${m%.xz}"
+                     xz -dc "$k/lib/modules/$kver/$m" >"$root/lib/modules/$kver/${m%.xz}"
+                     m=${m%.xz} ;;
+            *) install -D -m 0644 "$k/lib/modules/$kver/$m" "$root/lib/modules/$kver/$m" ;;
+            esac
+            printf '%s\n' "$m" >>"$order"
+        done
+        depmod -b "$root" "$kver"
+    done
+    install -m 0755 "$HERE/guest/init" "$root/init"
+    pack_initramfs "$root" "$out/initrd.img"
+}
+
+# A small ext4 image with known content, for block device tests. The file
+# is pseudo-random but fixed, so its checksum is stable across builds.
+build_disk() {
+    local out=$1 dir
+    dir=$(mktemp -d "$RXEN_CACHE/tmp.disk.XXXXXX")
+    CLEANUP+=("$dir")
+    mkdir -p "$dir/rxen"
+    # 4 MiB: SHA-256 in counter mode over a fixed seed; deterministic.
+    python3 - "$dir/rxen/known.bin" <<'EOF'
+import hashlib, sys
+with open(sys.argv[1], "wb") as f:
+    for i in range(4 * 1024 * 1024 // 32):
+        f.write(hashlib.sha256(b"rxen-known-data-%d" % i).digest())
+EOF
+    printf 'rxen test disk\n' >"$dir/rxen/README"
+    truncate -s 32M "$out/disk.img"
+    mkfs.ext4 -q -F -L rxen-test -E root_owner=0:0 -d "$dir" "$out/disk.img"
+    sha256sum "$dir/rxen/known.bin" | cut -d' ' -f1 >"$out/known.sha256"
+}
+
+XEN_KEY=$(recipe_key build_xen "$XEN_VER")
+DOM0_KEY=$(recipe_key build_dom0 "$XEN_UTILS_VER" "$DOM0_PKG=$DOM0_VER" "$SUITE" \
+    "$DOM0_MODULES" "$DOM0_PACKAGES" "$(hash_files "$HERE/lib.sh" "$HERE/dom0/init" "$HERE/dom0/rxen-agent")")
+GUEST_KEY=$(recipe_key build_guest "$GUEST61_PKG=$GUEST61_VER" "$GUEST612_PKG=$GUEST612_VER" \
+    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
+DISK_KEY=$(recipe_key build_disk)
+
+XEN_OUT=$(cached xen "$XEN_KEY" build_xen)
+DOM0_OUT=$(cached dom0 "$DOM0_KEY" build_dom0)
+GUEST_OUT=$(cached guest "$GUEST_KEY" build_guest)
+DISK_OUT=$(cached disk "$DISK_KEY" build_disk)
+
+QEMU=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found after install"
+manifest=$(mktemp "$HOST_DIR/.current.XXXXXX")
+cat >"$manifest" <<EOF
+# rxen Xen test host, written by tests/xen-host/build.sh; read by xen-harness.
+QEMU=$QEMU
+QEMU_VERSION=$(candidate qemu-system-x86)
+XEN_ELF=$XEN_OUT/xen.elf
+XEN_VERSION=$XEN_VER
+DOM0_KERNEL=$DOM0_OUT/vmlinuz
+DOM0_KERNEL_RELEASE=$DOM0_KVER
+DOM0_KERNEL_VERSION=$DOM0_VER
+DOM0_INITRD=$DOM0_OUT/initrd.img
+GUEST_KERNEL_61=$GUEST_OUT/vmlinuz-$GUEST61_KVER
+GUEST_KERNEL_61_RELEASE=$GUEST61_KVER
+GUEST_KERNEL_61_VERSION=$GUEST61_VER
+GUEST_KERNEL_612=$GUEST_OUT/vmlinuz-$GUEST612_KVER
+GUEST_KERNEL_612_RELEASE=$GUEST612_KVER
+GUEST_KERNEL_612_VERSION=$GUEST612_VER
+GUEST_INITRD=$GUEST_OUT/initrd.img
+GUEST_DISK=$DISK_OUT/disk.img
+GUEST_DISK_FILE=rxen/known.bin
+GUEST_DISK_FILE_SHA256=$(cat "$DISK_OUT/known.sha256")
+EOF
+chmod 0644 "$manifest"
+mv -f "$manifest" "$HOST_DIR/current"
+prune_stale "$XEN_OUT" "$DOM0_OUT" "$GUEST_OUT" "$DISK_OUT"
+log "ready in $(( $(date +%s) - start )) s: $HOST_DIR/current"
