@@ -101,7 +101,7 @@ impl fmt::Display for UnknownXsType {
 impl TryFrom<u32> for XsType {
     type Error = UnknownXsType;
 
-    fn try_from(v: u32) -> Result<Self, Self::Error> {
+    fn try_from(v: u32) -> Result<Self, UnknownXsType> {
         use XsType::*;
         Ok(match v {
             0 => Control,

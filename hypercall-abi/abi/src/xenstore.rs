@@ -1,1 +1,0 @@
-//! The xenstore wire-protocol client, shared by every platform.

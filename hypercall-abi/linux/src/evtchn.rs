@@ -1,0 +1,199 @@
+//! Event channels over `/dev/xen/evtchn` (what `libxenevtchn` does on Linux).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Mutex, MutexGuard};
+
+use hypercall_abi::platform::{EventChannels, EvtchnError};
+use hypercall_abi::xen::{DomId, EvtchnPort};
+
+use crate::error::{open_device, OpenError};
+use crate::sys::evtchn as sys;
+
+/// A handle on `/dev/xen/evtchn`: `xenevtchn_handle`.
+///
+/// The fd is non-blocking, so [`EventChannels::pending`] never blocks; wait
+/// with [`EventChannels::wait`] or by polling [`EventChannels::fd`].
+/// Dropping the handle closes every port bound through it.
+#[derive(Debug)]
+pub struct LinuxEvtchn {
+    file: File,
+    /// Ports bound through this handle, to refuse operations on others
+    /// (the kernel silently ignores unmasking a port that is not ours).
+    ports: Mutex<BTreeSet<EvtchnPort>>,
+}
+
+impl LinuxEvtchn {
+    /// The device.
+    pub const PATH: &'static str = "/dev/xen/evtchn";
+
+    /// Opens the device.
+    pub fn open() -> Result<Self, OpenError> {
+        let file = open_device(Self::PATH, "xen-evtchn", libc::O_NONBLOCK)?;
+        Ok(Self { file, ports: Mutex::new(BTreeSet::new()) })
+    }
+
+    fn ports(&self) -> MutexGuard<'_, BTreeSet<EvtchnPort>> {
+        // The set is updated by single inserts/removes; a panic elsewhere
+        // cannot leave it inconsistent.
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bound(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
+        if self.ports().contains(&port) {
+            Ok(())
+        } else {
+            Err(EvtchnError::NotBound(port))
+        }
+    }
+
+    /// Binds a virtual IRQ (`VIRQ_*`) to a new port of this handle.
+    pub fn bind_virq(&self, virq: u32) -> Result<EvtchnPort, EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        let port = unsafe { sys::bind_virq(self.file.as_fd(), virq) }.map_err(|e| bind_error("bind_virq", e))?;
+        self.ports().insert(port);
+        Ok(port)
+    }
+
+    /// Clears the buffer of pending ports, and its overflow state (after
+    /// [`EventChannels::pending`] failed with `EFBIG`: then every port may
+    /// have fired and should be checked).
+    pub fn reset(&self) -> Result<(), EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        unsafe { sys::reset(self.file.as_fd()) }.map_err(|source| EvtchnError::Io { op: "reset", source })
+    }
+
+    /// Allows interdomain bindings to `domid` only, from now on (for a
+    /// deprivileged device model).
+    pub fn restrict_domid(&self, domid: DomId) -> Result<(), EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        unsafe { sys::restrict_domid(self.file.as_fd(), domid) }
+            .map_err(|source| EvtchnError::Io { op: "restrict_domid", source })
+    }
+}
+
+/// Errors of allocating a port: out of ports, or an OS error.
+fn bind_error(op: &'static str, source: io::Error) -> EvtchnError {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC) => EvtchnError::NoFreePorts,
+        _ => EvtchnError::Io { op, source },
+    }
+}
+
+/// Errors of using a port: the kernel says `ENOTCONN` (or `EINVAL` out of
+/// range) for a port not bound through this fd.
+fn port_error(op: &'static str, port: EvtchnPort, source: io::Error) -> EvtchnError {
+    match source.raw_os_error() {
+        Some(libc::ENOTCONN | libc::EINVAL) => EvtchnError::NotBound(port),
+        _ => EvtchnError::Io { op, source },
+    }
+}
+
+impl AsFd for LinuxEvtchn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl EventChannels for LinuxEvtchn {
+    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort, EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        let port = unsafe { sys::bind_unbound_port(self.file.as_fd(), u32::from(remote)) }
+            .map_err(|e| bind_error("alloc_unbound", e))?;
+        self.ports().insert(port);
+        Ok(port)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: EvtchnPort) -> Result<EvtchnPort, EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        let port =
+            unsafe { sys::bind_interdomain(self.file.as_fd(), u32::from(remote), remote_port) }.map_err(|source| {
+                match source.raw_os_error() {
+                    // Xen: the remote port is not unbound for us (EINVAL), or
+                    // there is no such domain (ESRCH).
+                    Some(libc::EINVAL | libc::ESRCH) => EvtchnError::BadRemote { domid: remote, port: remote_port },
+                    _ => bind_error("bind_interdomain", source),
+                }
+            })?;
+        self.ports().insert(port);
+        Ok(port)
+    }
+
+    fn notify(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        unsafe { sys::notify(self.file.as_fd(), port) }.map_err(|e| port_error("notify", port, e))
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    fn pending(&self) -> Result<Option<EvtchnPort>, EvtchnError> {
+        let mut buf = [0u8; 4];
+        loop {
+            return match (&self.file).read(&mut buf) {
+                Ok(4) => Ok(Some(u32::from_ne_bytes(buf))),
+                Ok(n) => Err(EvtchnError::Io {
+                    op: "pending",
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("evtchn read returned {n} bytes, not 4"),
+                    ),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    if source.raw_os_error() == Some(libc::EFBIG) {
+                        log::error!("event channel buffer overflowed: events were lost; reset() and check every port");
+                    }
+                    Err(EvtchnError::Io { op: "pending", source })
+                }
+            };
+        }
+    }
+
+    fn unmask(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
+        self.bound(port)?;
+        match (&self.file).write(&port.to_ne_bytes()) {
+            Ok(4) => Ok(()),
+            Ok(n) => Err(EvtchnError::Io {
+                op: "unmask",
+                source: io::Error::new(io::ErrorKind::WriteZero, format!("evtchn write took {n} bytes, not 4")),
+            }),
+            Err(source) => Err(EvtchnError::Io { op: "unmask", source }),
+        }
+    }
+
+    fn close(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
+        // SAFETY: `file` is /dev/xen/evtchn, opened by `open`.
+        unsafe { sys::unbind(self.file.as_fd(), port) }.map_err(|e| port_error("close", port, e))?;
+        self.ports().remove(&port);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_without_xen_says_so() {
+        if std::path::Path::new(LinuxEvtchn::PATH).exists() {
+            return; // On a Xen host: nothing to check here.
+        }
+
+        let err = LinuxEvtchn::open().unwrap_err();
+
+        assert!(matches!(err, OpenError::NotFound { path: "/dev/xen/evtchn", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn port_errors_name_the_port() {
+        let err = port_error("notify", 7, io::Error::from_raw_os_error(libc::ENOTCONN));
+        assert!(matches!(err, EvtchnError::NotBound(7)));
+        let err = bind_error("alloc_unbound", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(err, EvtchnError::NoFreePorts));
+    }
+}
