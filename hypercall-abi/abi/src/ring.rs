@@ -183,6 +183,8 @@ pub enum RingError {
     NoRequestToAnswer,
     /// The peer misbehaved earlier; the ring must be torn down.
     Broken,
+    /// The memory offered for the ring is mapped read-only.
+    ReadOnly,
 }
 
 impl fmt::Display for RingError {
@@ -234,6 +236,10 @@ impl fmt::Display for RingError {
                 f,
                 "no consumed request is waiting for a response; respond only to requests \
                  taken off the ring"
+            ),
+            RingError::ReadOnly => write!(
+                f,
+                "ring memory is mapped read-only; both ends write to a ring, map it writable"
             ),
             RingError::Broken => write!(
                 f,
