@@ -171,25 +171,6 @@ impl<'a> SharedMemory<'a> {
         Ok(())
     }
 
-    /// The region as the memory of a shared ring (`xen/io/ring.h`), for
-    /// [`crate::ring::FrontRing`] and [`crate::ring::BackRing`]. Both ends
-    /// of a ring write to it, so the region must be writable, and it must
-    /// hold at least the 64-byte ring header.
-    pub fn ring(&self) -> Result<crate::ring::SharedRingMem<'a>, SharedMemoryError> {
-        if !self.writable {
-            return Err(SharedMemoryError::ReadOnly);
-        }
-        // SAFETY: this accessor's own contract (`new`) is the one
-        // `SharedRingMem::new` asks for: the region stays mapped, readable
-        // and (checked above) writable for 'a, and is only reached through
-        // raw pointers, never Rust references.
-        unsafe { crate::ring::SharedRingMem::new(self.base, self.len) }.map_err(|_| SharedMemoryError::OutOfBounds {
-            offset: 0,
-            len: crate::ring::SRING_HEADER_SIZE,
-            size: self.len,
-        })
-    }
-
     /// The region as the shared page(s) of a ring (`io/ring.h`), for
     /// [`FrontRing`](crate::ring::FrontRing) or [`BackRing`](crate::ring::BackRing).
     /// Fails on a read-only region: both ends of a ring write to it.

@@ -1,0 +1,1087 @@
+//! The store behind the loopback's xenstored: the node tree, permissions,
+//! transactions and watches, with the semantics of Xen's C `xenstored`.
+//!
+//! - Permissions: dom0 may do anything; a node's owner (its first
+//!   permission entry) may do anything with it; any other domain has the
+//!   access of its own entry, or else the first entry's access. A node that
+//!   does not exist is judged by its nearest existing ancestor. New nodes
+//!   inherit their parent's permissions, owned by their creator.
+//! - Transactions work on a snapshot of the tree. Every node a transaction
+//!   reads or writes is recorded with the generation it had in the
+//!   snapshot; the commit fails with `EAGAIN` if any of them changed since
+//!   (adding or removing a child changes the parent), and otherwise copies
+//!   the nodes it wrote into the tree.
+//! - Watches fire once when registered, then for every change at or below
+//!   their path (a removal also fires the watches below the removed node),
+//!   to watchers that may read the changed node; transaction changes fire
+//!   at commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use hypercall_abi::platform::{XsPerm, XsPermAccess};
+use hypercall_abi::xen::xs_wire::{XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX};
+use hypercall_abi::xen::DomId;
+
+/// A connection to the store.
+pub(crate) type ConnId = u64;
+
+/// Most nodes an unprivileged domain may own (C xenstored's default quota).
+pub(crate) const MAX_NODES_PER_DOMAIN: usize = 1000;
+/// Most watches one connection may hold.
+pub(crate) const MAX_WATCHES_PER_CONN: usize = 128;
+/// Most transactions one connection may have open.
+pub(crate) const MAX_TRANSACTIONS_PER_CONN: usize = 10;
+/// Most permission entries on one node.
+pub(crate) const MAX_PERMS: usize = 64;
+/// Watch path that fires when a domain is introduced.
+pub(crate) const INTRODUCE_DOMAIN: &str = "@introduceDomain";
+/// Watch path that fires when a domain is released.
+pub(crate) const RELEASE_DOMAIN: &str = "@releaseDomain";
+
+/// A failed request, as the errno whose name goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Errno(pub(crate) i32);
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    pub(crate) conn: ConnId,
+    pub(crate) domid: DomId,
+}
+
+/// A watch event to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fire {
+    pub(crate) conn: ConnId,
+    pub(crate) path: String,
+    pub(crate) token: String,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    value: Vec<u8>,
+    perms: Vec<XsPerm>,
+    children: BTreeSet<String>,
+    generation: u64,
+}
+
+/// One change, for firing watches.
+#[derive(Debug, Clone)]
+struct Change {
+    path: String,
+    /// Permission sets that decide who may see the change: a watcher
+    /// allowed to read by any of them is told.
+    perms: Vec<Vec<XsPerm>>,
+    /// The node and everything below it went away.
+    removed: bool,
+}
+
+/// What a transaction saw and did.
+#[derive(Debug, Default, Clone)]
+struct TxLog {
+    /// Path → generation in the snapshot (`None`: did not exist).
+    seen: BTreeMap<String, Option<u64>>,
+    /// Paths written, created or removed.
+    dirty: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Tree {
+    nodes: BTreeMap<String, Node>,
+    next_generation: u64,
+    /// Set on a transaction's snapshot.
+    log: Option<TxLog>,
+    /// Changes made, for watches.
+    changes: Vec<Change>,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    conn: ConnId,
+    tree: Tree,
+}
+
+#[derive(Debug)]
+struct Watch {
+    conn: ConnId,
+    domid: DomId,
+    /// The path as registered (absolute, or relative to the home).
+    path: String,
+    /// The absolute path, or the special `@...` name.
+    abs: String,
+    token: String,
+}
+
+/// The whole store.
+#[derive(Debug)]
+pub(crate) struct Store {
+    tree: Tree,
+    transactions: HashMap<u32, Transaction>,
+    next_tx: u32,
+    watches: Vec<Watch>,
+    fires: Vec<Fire>,
+    introduced: BTreeSet<DomId>,
+}
+
+fn home(domid: DomId) -> String {
+    format!("/local/domain/{domid}")
+}
+
+/// The absolute form of `path` for `domid`, checked like C xenstored's
+/// `is_valid_nodename`: characters `[A-Za-z0-9_@/-]`, no empty component,
+/// no trailing slash, and within the length limits.
+pub(crate) fn canonicalize(domid: DomId, path: &str) -> Result<String, Errno> {
+    let einval = Errno(libc::EINVAL);
+    if path.is_empty() {
+        return Err(einval);
+    }
+    let abs = if path.starts_with('/') {
+        if path.len() > XENSTORE_ABS_PATH_MAX {
+            return Err(einval);
+        }
+        path.to_owned()
+    } else {
+        if path.len() > XENSTORE_REL_PATH_MAX {
+            return Err(einval);
+        }
+        format!("{}/{path}", home(domid))
+    };
+    if abs.len() > XENSTORE_ABS_PATH_MAX {
+        return Err(einval);
+    }
+    let ok_chars = abs
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
+    if !ok_chars || (abs != "/" && (abs.ends_with('/') || abs.contains("//"))) {
+        return Err(einval);
+    }
+    Ok(abs)
+}
+
+fn parent(path: &str) -> Option<&str> {
+    if path == "/" {
+        return None;
+    }
+    match path.rfind('/') {
+        Some(0) => Some("/"),
+        Some(i) => Some(&path[..i]),
+        None => None,
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Whether `path` is `base` or below it.
+fn is_at_or_below(path: &str, base: &str) -> bool {
+    base == "/"
+        || path == base
+        || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+}
+
+/// (may read, may write) for `domid` on a node with `perms`.
+fn access(perms: &[XsPerm], domid: DomId) -> (bool, bool) {
+    let Some(owner) = perms.first() else {
+        return (domid == 0, domid == 0);
+    };
+    if domid == 0 || owner.domid == domid {
+        return (true, true);
+    }
+    let acc = perms[1..]
+        .iter()
+        .find(|p| p.domid == domid)
+        .unwrap_or(owner)
+        .access;
+    match acc {
+        XsPermAccess::None => (false, false),
+        XsPermAccess::Read => (true, false),
+        XsPermAccess::Write => (false, true),
+        XsPermAccess::Both => (true, true),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Need {
+    Read,
+    Write,
+    Owner,
+}
+
+fn allowed(perms: &[XsPerm], domid: DomId, need: Need) -> bool {
+    let (r, w) = access(perms, domid);
+    match need {
+        Need::Read => r,
+        Need::Write => w,
+        Need::Owner => domid == 0 || perms.first().is_some_and(|o| o.domid == domid),
+    }
+}
+
+impl Tree {
+    fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        let root_perms = vec![XsPerm {
+            domid: 0,
+            access: XsPermAccess::None,
+        }];
+        nodes.insert(
+            "/".to_owned(),
+            Node {
+                value: Vec::new(),
+                perms: root_perms,
+                children: BTreeSet::new(),
+                generation: 0,
+            },
+        );
+        Tree {
+            nodes,
+            next_generation: 1,
+            log: None,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Records the snapshot generation of `path` the first time a
+    /// transaction touches it.
+    fn touch(&mut self, path: &str) {
+        if let Some(log) = &mut self.log {
+            if !log.seen.contains_key(path) {
+                let generation = self.nodes.get(path).map(|n| n.generation);
+                log.seen.insert(path.to_owned(), generation);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, path: &str) {
+        if let Some(log) = &mut self.log {
+            log.dirty.insert(path.to_owned());
+        }
+    }
+
+    fn stamp(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// The errno for a missing node: `ENOENT` if the caller may read the
+    /// nearest existing ancestor, `EACCES` otherwise.
+    fn missing(&self, domid: DomId, path: &str) -> Errno {
+        let mut p = parent(path);
+        while let Some(pp) = p {
+            if let Some(n) = self.nodes.get(pp) {
+                return if allowed(&n.perms, domid, Need::Read) {
+                    Errno(libc::ENOENT)
+                } else {
+                    Errno(libc::EACCES)
+                };
+            }
+            p = parent(pp);
+        }
+        Errno(libc::ENOENT)
+    }
+
+    fn get(&mut self, domid: DomId, path: &str, need: Need) -> Result<&Node, Errno> {
+        self.touch(path);
+        match self.nodes.get(path) {
+            None => Err(self.missing(domid, path)),
+            Some(n) if !allowed(&n.perms, domid, need) => Err(Errno(libc::EACCES)),
+            Some(n) => Ok(n),
+        }
+    }
+
+    fn read(&mut self, domid: DomId, path: &str) -> Result<Vec<u8>, Errno> {
+        Ok(self.get(domid, path, Need::Read)?.value.clone())
+    }
+
+    fn directory(&mut self, domid: DomId, path: &str) -> Result<Vec<String>, Errno> {
+        Ok(self
+            .get(domid, path, Need::Read)?
+            .children
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    fn directory_generation(
+        &mut self,
+        domid: DomId,
+        path: &str,
+    ) -> Result<(u64, Vec<String>), Errno> {
+        let n = self.get(domid, path, Need::Read)?;
+        Ok((n.generation, n.children.iter().cloned().collect()))
+    }
+
+    fn get_perms(&mut self, domid: DomId, path: &str) -> Result<Vec<XsPerm>, Errno> {
+        Ok(self.get(domid, path, Need::Read)?.perms.clone())
+    }
+
+    fn owned_by(&self, domid: DomId) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.perms.first().is_some_and(|o| o.domid == domid))
+            .count()
+    }
+
+    /// Creates `path` and any missing ancestors, if the caller may write
+    /// the nearest existing ancestor and has quota left.
+    fn create(&mut self, domid: DomId, path: &str) -> Result<(), Errno> {
+        // Find the nearest existing ancestor and the nodes to create.
+        let mut missing = vec![path.to_owned()];
+        let mut anc = parent(path);
+        let base = loop {
+            let Some(a) = anc else {
+                return Err(Errno(libc::ENOENT));
+            };
+            self.touch(a);
+            if self.nodes.contains_key(a) {
+                break a.to_owned();
+            }
+            missing.push(a.to_owned());
+            anc = parent(a);
+        };
+        let base_perms = self
+            .nodes
+            .get(&base)
+            .map(|n| n.perms.clone())
+            .unwrap_or_default();
+        if !allowed(&base_perms, domid, Need::Write) {
+            return Err(Errno(libc::EACCES));
+        }
+        if domid != 0 && self.owned_by(domid) + missing.len() > MAX_NODES_PER_DOMAIN {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let mut perms = base_perms;
+        if domid != 0 {
+            // Inherit the parent's permissions, owned by the creator.
+            perms.retain(|p| p.domid != domid);
+            let default = perms.first().map_or(XsPermAccess::None, |o| o.access);
+            if perms.is_empty() {
+                perms.push(XsPerm {
+                    domid,
+                    access: default,
+                });
+            } else {
+                perms[0] = XsPerm {
+                    domid,
+                    access: default,
+                };
+            }
+        }
+        let mut parent_path = base;
+        for p in missing.into_iter().rev() {
+            let generation = self.stamp();
+            self.touch(&p);
+            self.nodes.insert(
+                p.clone(),
+                Node {
+                    value: Vec::new(),
+                    perms: perms.clone(),
+                    children: BTreeSet::new(),
+                    generation,
+                },
+            );
+            self.mark_dirty(&p);
+            let generation = self.stamp();
+            if let Some(par) = self.nodes.get_mut(&parent_path) {
+                par.children.insert(basename(&p).to_owned());
+                par.generation = generation;
+            }
+            self.mark_dirty(&parent_path);
+            parent_path = p;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, domid: DomId, path: &str, value: &[u8]) -> Result<(), Errno> {
+        self.touch(path);
+        if !self.nodes.contains_key(path) {
+            self.create(domid, path)?;
+        }
+        self.get(domid, path, Need::Write)?;
+        let generation = self.stamp();
+        let Some(node) = self.nodes.get_mut(path) else {
+            return Err(Errno(libc::ENOENT));
+        };
+        node.value = value.to_vec();
+        node.generation = generation;
+        let perms = node.perms.clone();
+        self.mark_dirty(path);
+        self.changes.push(Change {
+            path: path.to_owned(),
+            perms: vec![perms],
+            removed: false,
+        });
+        Ok(())
+    }
+
+    fn mkdir(&mut self, domid: DomId, path: &str) -> Result<(), Errno> {
+        self.touch(path);
+        if self.nodes.contains_key(path) {
+            // C xenstored: mkdir of an existing node succeeds, if visible.
+            return self.get(domid, path, Need::Read).map(|_| ());
+        }
+        self.create(domid, path)?;
+        let perms = self
+            .nodes
+            .get(path)
+            .map(|n| n.perms.clone())
+            .unwrap_or_default();
+        self.changes.push(Change {
+            path: path.to_owned(),
+            perms: vec![perms],
+            removed: false,
+        });
+        Ok(())
+    }
+
+    fn rm(&mut self, domid: DomId, path: &str) -> Result<(), Errno> {
+        if path == "/" {
+            return Err(Errno(libc::EINVAL));
+        }
+        self.touch(path);
+        if !self.nodes.contains_key(path) {
+            // C xenstored: removing a missing node whose parent exists succeeds.
+            let par = parent(path).unwrap_or("/");
+            self.touch(par);
+            return match self.nodes.get(par) {
+                Some(n) if allowed(&n.perms, domid, Need::Read) => Ok(()),
+                Some(_) => Err(Errno(libc::EACCES)),
+                None => Err(self.missing(domid, path)),
+            };
+        }
+        let perms = self.get(domid, path, Need::Write)?.perms.clone();
+        let doomed: Vec<String> = self
+            .nodes
+            .range(path.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(path))
+            .filter(|k| is_at_or_below(k, path))
+            .cloned()
+            .collect();
+        for d in &doomed {
+            self.touch(d);
+            self.nodes.remove(d);
+            self.mark_dirty(d);
+        }
+        let par = parent(path).unwrap_or("/").to_owned();
+        self.touch(&par);
+        let generation = self.stamp();
+        if let Some(p) = self.nodes.get_mut(&par) {
+            p.children.remove(basename(path));
+            p.generation = generation;
+        }
+        self.mark_dirty(&par);
+        self.changes.push(Change {
+            path: path.to_owned(),
+            perms: vec![perms],
+            removed: true,
+        });
+        Ok(())
+    }
+
+    fn set_perms(&mut self, domid: DomId, path: &str, perms: Vec<XsPerm>) -> Result<(), Errno> {
+        if perms.is_empty() || perms.len() > MAX_PERMS {
+            return Err(Errno(libc::EINVAL));
+        }
+        let old = self.get(domid, path, Need::Owner)?.perms.clone();
+        let new_owner = perms[0].domid;
+        let old_owner = old.first().map(|o| o.domid);
+        if domid != 0
+            && Some(new_owner) != old_owner
+            && self.owned_by(new_owner) >= MAX_NODES_PER_DOMAIN
+        {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let generation = self.stamp();
+        if let Some(n) = self.nodes.get_mut(path) {
+            n.perms = perms.clone();
+            n.generation = generation;
+        }
+        self.mark_dirty(path);
+        // Both those who could see the node and those who now can are told.
+        self.changes.push(Change {
+            path: path.to_owned(),
+            perms: vec![old, perms],
+            removed: false,
+        });
+        Ok(())
+    }
+}
+
+/// What a request can ask of the store, with its arguments parsed.
+#[derive(Debug)]
+pub(crate) enum Op<'a> {
+    Read(&'a str),
+    Write(&'a str, &'a [u8]),
+    Mkdir(&'a str),
+    Rm(&'a str),
+    Directory(&'a str),
+    /// A listing with the node's generation, for `XS_DIRECTORY_PART`.
+    DirectoryPart(&'a str),
+    GetPerms(&'a str),
+    SetPerms(&'a str, Vec<XsPerm>),
+}
+
+/// A successful operation's result.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Ok,
+    Value(Vec<u8>),
+    Names(Vec<String>),
+    /// A listing and the node's generation.
+    NamesAt(u64, Vec<String>),
+    /// A ready reply payload.
+    Part(Vec<u8>),
+    Perms(Vec<XsPerm>),
+}
+
+impl Store {
+    /// An empty store holding `/`, `/local` and `/local/domain`, dom0's.
+    pub(crate) fn new() -> Self {
+        let mut tree = Tree::new();
+        // dom0 may create anything; these cannot fail.
+        let _ = tree.mkdir(0, "/local/domain");
+        tree.changes.clear();
+        Store {
+            tree,
+            transactions: HashMap::new(),
+            next_tx: 1,
+            watches: Vec::new(),
+            fires: Vec::new(),
+            introduced: BTreeSet::new(),
+        }
+    }
+
+    /// Runs `op` for `caller`, inside transaction `tx` unless it is 0.
+    pub(crate) fn op(&mut self, caller: Caller, tx: u32, op: Op<'_>) -> Result<Answer, Errno> {
+        let domid = caller.domid;
+        let tree = if tx == 0 {
+            &mut self.tree
+        } else {
+            match self.transactions.get_mut(&tx) {
+                Some(t) if t.conn == caller.conn => &mut t.tree,
+                _ => return Err(Errno(libc::ENOENT)),
+            }
+        };
+        let abs = |p: &str| canonicalize(domid, p);
+        let answer = match op {
+            Op::Read(p) => Answer::Value(tree.read(domid, &abs(p)?)?),
+            Op::Write(p, v) => tree.write(domid, &abs(p)?, v).map(|()| Answer::Ok)?,
+            Op::Mkdir(p) => tree.mkdir(domid, &abs(p)?).map(|()| Answer::Ok)?,
+            Op::Rm(p) => tree.rm(domid, &abs(p)?).map(|()| Answer::Ok)?,
+            Op::Directory(p) => Answer::Names(tree.directory(domid, &abs(p)?)?),
+            Op::DirectoryPart(p) => {
+                let (generation, names) = tree.directory_generation(domid, &abs(p)?)?;
+                Answer::NamesAt(generation, names)
+            }
+            Op::GetPerms(p) => Answer::Perms(tree.get_perms(domid, &abs(p)?)?),
+            Op::SetPerms(p, perms) => tree
+                .set_perms(domid, &abs(p)?, perms)
+                .map(|()| Answer::Ok)?,
+        };
+        if tx == 0 {
+            self.fire_changes();
+        }
+        Ok(answer)
+    }
+
+    /// `XS_TRANSACTION_START`.
+    pub(crate) fn transaction_start(&mut self, caller: Caller) -> Result<u32, Errno> {
+        if self
+            .transactions
+            .values()
+            .filter(|t| t.conn == caller.conn)
+            .count()
+            >= MAX_TRANSACTIONS_PER_CONN
+        {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let mut id = self.next_tx;
+        while id == 0 || self.transactions.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_tx = id.wrapping_add(1);
+        let mut tree = self.tree.clone();
+        tree.log = Some(TxLog::default());
+        tree.changes.clear();
+        self.transactions.insert(
+            id,
+            Transaction {
+                conn: caller.conn,
+                tree,
+            },
+        );
+        Ok(id)
+    }
+
+    /// `XS_TRANSACTION_END`: commits (or aborts) transaction `tx`.
+    pub(crate) fn transaction_end(
+        &mut self,
+        caller: Caller,
+        tx: u32,
+        commit: bool,
+    ) -> Result<(), Errno> {
+        match self.transactions.get(&tx) {
+            Some(t) if t.conn == caller.conn => {}
+            _ => return Err(Errno(libc::ENOENT)),
+        }
+        let Some(t) = self.transactions.remove(&tx) else {
+            return Err(Errno(libc::ENOENT));
+        };
+        if !commit {
+            return Ok(());
+        }
+        let Tree {
+            nodes,
+            log,
+            changes,
+            ..
+        } = t.tree;
+        let log = log.unwrap_or_default();
+        let conflict = log
+            .seen
+            .iter()
+            .any(|(path, g)| self.tree.nodes.get(path).map(|n| n.generation) != *g);
+        if conflict {
+            return Err(Errno(libc::EAGAIN));
+        }
+        for path in &log.dirty {
+            match nodes.get(path) {
+                Some(n) => {
+                    let mut n = n.clone();
+                    n.generation = self.tree.stamp();
+                    self.tree.nodes.insert(path.clone(), n);
+                }
+                None => {
+                    self.tree.nodes.remove(path);
+                }
+            }
+        }
+        self.tree.changes.extend(changes);
+        self.fire_changes();
+        Ok(())
+    }
+
+    /// `XS_WATCH`; fires the watch once at once.
+    pub(crate) fn watch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
+        let abs = if path.starts_with('@') {
+            if path != INTRODUCE_DOMAIN && path != RELEASE_DOMAIN {
+                return Err(Errno(libc::EINVAL));
+            }
+            path.to_owned()
+        } else {
+            canonicalize(caller.domid, path)?
+        };
+        let mine = self.watches.iter().filter(|w| w.conn == caller.conn);
+        if mine.clone().any(|w| w.path == path && w.token == token) {
+            return Err(Errno(libc::EEXIST));
+        }
+        if mine.count() >= MAX_WATCHES_PER_CONN {
+            return Err(Errno(libc::E2BIG));
+        }
+        self.watches.push(Watch {
+            conn: caller.conn,
+            domid: caller.domid,
+            path: path.to_owned(),
+            abs,
+            token: token.to_owned(),
+        });
+        self.fires.push(Fire {
+            conn: caller.conn,
+            path: path.to_owned(),
+            token: token.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// `XS_UNWATCH`.
+    pub(crate) fn unwatch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
+        let before = self.watches.len();
+        self.watches
+            .retain(|w| !(w.conn == caller.conn && w.path == path && w.token == token));
+        if self.watches.len() == before {
+            return Err(Errno(libc::ENOENT));
+        }
+        Ok(())
+    }
+
+    /// `XS_RESET_WATCHES`.
+    pub(crate) fn reset_watches(&mut self, caller: Caller) {
+        self.watches.retain(|w| w.conn != caller.conn);
+    }
+
+    /// Forgets a closed connection's watches and transactions.
+    pub(crate) fn drop_connection(&mut self, conn: ConnId) {
+        self.watches.retain(|w| w.conn != conn);
+        self.transactions.retain(|_, t| t.conn != conn);
+    }
+
+    /// Creates a new domain's home, owned by it, and fires `@introduceDomain`.
+    pub(crate) fn introduce_domain(&mut self, domid: DomId) {
+        self.introduced.insert(domid);
+        let h = home(domid);
+        let dom0 = 0;
+        if let Err(e) = self.tree.mkdir(dom0, &h) {
+            log::error!("cannot create {h}: errno {}", e.0);
+        }
+        let _ = self.tree.set_perms(
+            dom0,
+            &h,
+            vec![XsPerm {
+                domid,
+                access: XsPermAccess::None,
+            }],
+        );
+        self.fire_changes();
+        self.fire_special(INTRODUCE_DOMAIN);
+    }
+
+    /// Removes a departed domain's home and fires `@releaseDomain`.
+    pub(crate) fn release_domain(&mut self, domid: DomId) {
+        self.introduced.remove(&domid);
+        let _ = self.tree.rm(0, &home(domid));
+        self.fire_changes();
+        self.fire_special(RELEASE_DOMAIN);
+    }
+
+    /// `XS_IS_DOMAIN_INTRODUCED`.
+    pub(crate) fn is_introduced(&self, domid: DomId) -> bool {
+        self.introduced.contains(&domid)
+    }
+
+    /// The watch events to send, oldest first.
+    pub(crate) fn take_fires(&mut self) -> Vec<Fire> {
+        std::mem::take(&mut self.fires)
+    }
+
+    fn fire_special(&mut self, name: &str) {
+        for w in self.watches.iter().filter(|w| w.abs == name) {
+            self.fires.push(Fire {
+                conn: w.conn,
+                path: name.to_owned(),
+                token: w.token.clone(),
+            });
+        }
+    }
+
+    fn fire_changes(&mut self) {
+        for c in std::mem::take(&mut self.tree.changes) {
+            for w in &self.watches {
+                if w.abs.starts_with('@')
+                    || !c.perms.iter().any(|p| allowed(p, w.domid, Need::Read))
+                {
+                    continue;
+                }
+                let event_abs = if is_at_or_below(&c.path, &w.abs) {
+                    c.path.clone()
+                } else if c.removed && is_at_or_below(&w.abs, &c.path) {
+                    // The watched node went away with an ancestor.
+                    w.abs.clone()
+                } else {
+                    continue;
+                };
+                self.fires.push(Fire {
+                    conn: w.conn,
+                    path: event_path(w, &event_abs),
+                    token: w.token.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The path to report to watch `w` for a change at `abs`: relative if the
+/// watch was registered relative, as C xenstored does.
+fn event_path(w: &Watch, abs: &str) -> String {
+    if w.path.starts_with('/') {
+        return abs.to_owned();
+    }
+    let prefix = format!("{}/", home(w.domid));
+    abs.strip_prefix(&prefix)
+        .map_or_else(|| abs.to_owned(), str::to_owned)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const DOM0: Caller = Caller {
+        conn: 100,
+        domid: 0,
+    };
+    const DOM1: Caller = Caller {
+        conn: 101,
+        domid: 1,
+    };
+    const DOM2: Caller = Caller {
+        conn: 102,
+        domid: 2,
+    };
+
+    fn store() -> Store {
+        let mut s = Store::new();
+        s.introduce_domain(1);
+        s.introduce_domain(2);
+        s
+    }
+
+    fn perm(domid: DomId, access: XsPermAccess) -> XsPerm {
+        XsPerm { domid, access }
+    }
+
+    #[test]
+    fn paths_are_validated_and_made_absolute() {
+        assert_eq!(
+            canonicalize(3, "device/vif").unwrap(),
+            "/local/domain/3/device/vif"
+        );
+        assert_eq!(canonicalize(3, "/").unwrap(), "/");
+        for bad in [
+            "",
+            "/a/",
+            "/a//b",
+            "/a b",
+            "/a\u{e9}",
+            "a/../b",
+            &"x".repeat(XENSTORE_REL_PATH_MAX + 1),
+        ] {
+            assert!(canonicalize(3, bad).is_err(), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn write_read_directory_rm() {
+        let mut s = store();
+        s.op(DOM1, 0, Op::Write("device/vif/0/state", b"1"))
+            .unwrap();
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("/local/domain/1/device/vif/0/state"))
+                .unwrap(),
+            Answer::Value(b"1".to_vec())
+        );
+        assert_eq!(
+            s.op(DOM1, 0, Op::Directory("device/vif")).unwrap(),
+            Answer::Names(vec!["0".into()])
+        );
+        s.op(DOM1, 0, Op::Rm("device")).unwrap();
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("device/vif/0/state")),
+            Err(Errno(libc::ENOENT))
+        );
+        assert_eq!(
+            s.op(DOM1, 0, Op::Rm("device")),
+            Ok(Answer::Ok),
+            "removing a missing child succeeds"
+        );
+        assert_eq!(s.op(DOM0, 0, Op::Rm("/")), Err(Errno(libc::EINVAL)));
+    }
+
+    #[test]
+    fn permissions_are_enforced_per_domain() {
+        let mut s = store();
+        s.op(DOM1, 0, Op::Write("secret", b"x")).unwrap();
+        assert_eq!(
+            s.op(DOM2, 0, Op::Read("/local/domain/1/secret")),
+            Err(Errno(libc::EACCES))
+        );
+        assert_eq!(
+            s.op(DOM2, 0, Op::Write("/local/domain/1/secret", b"y")),
+            Err(Errno(libc::EACCES))
+        );
+        assert_eq!(
+            s.op(DOM2, 0, Op::Write("/local/domain/1/new", b"y")),
+            Err(Errno(libc::EACCES))
+        );
+        assert_eq!(
+            s.op(DOM2, 0, Op::Read("/local/domain/1/nothing")),
+            Err(Errno(libc::EACCES)),
+            "no existence leak"
+        );
+        assert!(
+            s.op(DOM0, 0, Op::Read("/local/domain/1/secret")).is_ok(),
+            "dom0 reads anything"
+        );
+        let p = vec![perm(1, XsPermAccess::None), perm(2, XsPermAccess::Read)];
+        assert_eq!(
+            s.op(DOM2, 0, Op::SetPerms("/local/domain/1/secret", p.clone())),
+            Err(Errno(libc::EACCES))
+        );
+        s.op(DOM1, 0, Op::SetPerms("secret", p.clone())).unwrap();
+        assert_eq!(
+            s.op(DOM2, 0, Op::Read("/local/domain/1/secret")).unwrap(),
+            Answer::Value(b"x".to_vec())
+        );
+        assert_eq!(
+            s.op(DOM2, 0, Op::Write("/local/domain/1/secret", b"y")),
+            Err(Errno(libc::EACCES))
+        );
+        assert_eq!(
+            s.op(DOM2, 0, Op::GetPerms("/local/domain/1/secret"))
+                .unwrap(),
+            Answer::Perms(p)
+        );
+        // Children inherit permissions and belong to their creator.
+        s.op(
+            DOM1,
+            0,
+            Op::SetPerms(
+                "/local/domain/1",
+                vec![perm(1, XsPermAccess::None), perm(2, XsPermAccess::Write)],
+            ),
+        )
+        .unwrap();
+        s.op(DOM2, 0, Op::Write("/local/domain/1/from2", b"hi"))
+            .unwrap();
+        let Answer::Perms(p) = s
+            .op(DOM0, 0, Op::GetPerms("/local/domain/1/from2"))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p[0].domid, 2);
+    }
+
+    #[test]
+    fn quota_limits_unprivileged_domains() {
+        let mut s = store();
+        let mut failed = None;
+        for i in 0..=MAX_NODES_PER_DOMAIN {
+            if let Err(e) = s.op(DOM1, 0, Op::Write(&format!("n{i}"), b"")) {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert_eq!(failed, Some(Errno(libc::ENOSPC)));
+    }
+
+    #[test]
+    fn transactions_isolate_and_detect_conflicts() {
+        let mut s = store();
+        s.op(DOM1, 0, Op::Write("a", b"0")).unwrap();
+        let t = s.transaction_start(DOM1).unwrap();
+        s.op(DOM1, t, Op::Write("a", b"1")).unwrap();
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("a")).unwrap(),
+            Answer::Value(b"0".to_vec()),
+            "not visible before commit"
+        );
+        assert_eq!(
+            s.op(DOM2, t, Op::Read("/local/domain/1/a")),
+            Err(Errno(libc::ENOENT)),
+            "not another's tx"
+        );
+        s.transaction_end(DOM1, t, true).unwrap();
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("a")).unwrap(),
+            Answer::Value(b"1".to_vec())
+        );
+
+        let t = s.transaction_start(DOM1).unwrap();
+        s.op(DOM1, t, Op::Read("a")).unwrap();
+        s.op(DOM1, t, Op::Write("b", b"from tx")).unwrap();
+        s.op(DOM0, 0, Op::Write("/local/domain/1/a", b"2")).unwrap();
+        assert_eq!(s.transaction_end(DOM1, t, true), Err(Errno(libc::EAGAIN)));
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("b")),
+            Err(Errno(libc::ENOENT)),
+            "a failed commit changes nothing"
+        );
+
+        // A transaction creating a child conflicts with a concurrent child.
+        let t = s.transaction_start(DOM1).unwrap();
+        s.op(DOM1, t, Op::Write("dir/x", b"")).unwrap();
+        s.op(DOM1, 0, Op::Write("dir/y", b"")).unwrap();
+        assert_eq!(s.transaction_end(DOM1, t, true), Err(Errno(libc::EAGAIN)));
+
+        let t = s.transaction_start(DOM1).unwrap();
+        s.op(DOM1, t, Op::Write("c", b"")).unwrap();
+        s.transaction_end(DOM1, t, false).unwrap();
+        assert_eq!(
+            s.op(DOM1, 0, Op::Read("c")),
+            Err(Errno(libc::ENOENT)),
+            "aborted"
+        );
+        assert_eq!(
+            s.transaction_end(DOM1, t, true),
+            Err(Errno(libc::ENOENT)),
+            "already ended"
+        );
+    }
+
+    #[test]
+    fn watches_fire_on_registration_changes_and_removal() {
+        let mut s = store();
+        s.watch(DOM1, "backend", "tok").unwrap();
+        s.watch(DOM0, "/local/domain/1/backend/vif/0", "abs")
+            .unwrap();
+        assert_eq!(s.watch(DOM1, "backend", "tok"), Err(Errno(libc::EEXIST)));
+        let f = s.take_fires();
+        assert_eq!(
+            f[0],
+            Fire {
+                conn: DOM1.conn,
+                path: "backend".into(),
+                token: "tok".into()
+            }
+        );
+        s.op(DOM1, 0, Op::Write("backend/vif/0/state", b"4"))
+            .unwrap();
+        let f = s.take_fires();
+        assert!(f.contains(&Fire {
+            conn: DOM1.conn,
+            path: "backend/vif/0/state".into(),
+            token: "tok".into()
+        }));
+        assert!(f.contains(&Fire {
+            conn: DOM0.conn,
+            path: "/local/domain/1/backend/vif/0/state".into(),
+            token: "abs".into()
+        }));
+        s.op(DOM1, 0, Op::Write("other", b"")).unwrap();
+        assert!(s.take_fires().is_empty(), "changes elsewhere do not fire");
+        s.op(DOM1, 0, Op::Rm("backend")).unwrap();
+        let f = s.take_fires();
+        assert!(f.contains(&Fire {
+            conn: DOM0.conn,
+            path: "/local/domain/1/backend/vif/0".into(),
+            token: "abs".into()
+        }));
+        // Domain 2 may not see domain 1's nodes, so its watch stays quiet.
+        s.watch(DOM2, "/local/domain/1", "spy").unwrap();
+        s.take_fires();
+        s.op(DOM1, 0, Op::Write("x", b"")).unwrap();
+        assert!(s.take_fires().iter().all(|f| f.conn != DOM2.conn));
+        // Transaction changes fire at commit only.
+        let t = s.transaction_start(DOM1).unwrap();
+        s.op(DOM1, t, Op::Write("backend/y", b"")).unwrap();
+        assert!(s.take_fires().is_empty());
+        s.transaction_end(DOM1, t, true).unwrap();
+        assert_eq!(s.take_fires().len(), 1);
+        s.unwatch(DOM1, "backend", "tok").unwrap();
+        assert_eq!(s.unwatch(DOM1, "backend", "tok"), Err(Errno(libc::ENOENT)));
+    }
+
+    #[test]
+    fn domain_lifecycle_fires_special_watches() {
+        let mut s = store();
+        s.watch(DOM0, RELEASE_DOMAIN, "r").unwrap();
+        s.take_fires();
+        s.op(DOM1, 0, Op::Write("x", b"")).unwrap();
+        s.release_domain(1);
+        assert_eq!(
+            s.take_fires(),
+            vec![Fire {
+                conn: DOM0.conn,
+                path: RELEASE_DOMAIN.into(),
+                token: "r".into()
+            }]
+        );
+        assert_eq!(
+            s.op(DOM0, 0, Op::Read("/local/domain/1/x")),
+            Err(Errno(libc::ENOENT))
+        );
+        assert_eq!(s.watch(DOM0, "@bogus", "t"), Err(Errno(libc::EINVAL)));
+    }
+}
