@@ -1,0 +1,82 @@
+//! Scenarios on the real Xen test host live in `tests/*.rs`; each test
+//! binary boots the host once and runs its checks one after another
+//! (`make test-xen`: `cargo test --release -p xen-scenarios`). This library
+//! holds what they share.
+//!
+//! A new scenario file follows `tests/baseline.rs`: one `#[test]` marked
+//! `#[cfg_attr(debug_assertions, ignore = "...")]` (so that the debug
+//! `cargo test --workspace` does not boot Xen), which boots a
+//! [`HostConfig`] carrying the project binaries it needs and runs checks
+//! through [`XenHost::scenario`]. A program in dom0 and its peer in a guest
+//! run at the same time like this:
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use xen_harness::{cpio::Archive, project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
+//! # fn main() -> xen_harness::Result<()> {
+//! let config = HostConfig::new("platform")?.with_project_binary("rxen-platform-check")?;
+//! let mut host = XenHost::boot(config)?;
+//! let mut overlay = Archive::new();
+//! overlay
+//!     .host_file("/rxen/bin/rxen-platform-check", &project_binary("rxen-platform-check")?, 0o755)?
+//!     .file("/rxen/guest.d/10-check", 0o755, b"#!/bin/sh\nrxen-platform-check guest\n");
+//! let initrd = host.guest_initrd_with("check", overlay)?;
+//! let guest = host.xl_create(
+//!     &GuestConfig::new("check", GuestKind::Pvh, GuestKernel::Linux61).with_ramdisk(&initrd),
+//! )?;
+//! let domid = host.domid("check")?;
+//! let dom0 = host.spawn(&format!("rxen-platform-check dom0 --domid {domid}"))?;
+//! let in_guest = host.wait_guest_line(&guest, "RXEN-CHECK guest", Duration::from_secs(300))?;
+//! let in_dom0 = host.wait_job(&dom0, Duration::from_secs(300))?;
+//! assert!(in_guest.line.ends_with("PASS") && in_dom0.stdout.contains("RXEN-CHECK dom0 PASS"));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use xen_harness::{HostConfig, Result, XenHost};
+
+/// Sets up logging for a scenario binary (`RUST_LOG` overrides `info`).
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .is_test(false)
+        .try_init();
+}
+
+/// Figures a suite records and prints at its end.
+#[derive(Debug, Default)]
+pub struct Figures {
+    rows: Vec<(String, String)>,
+}
+
+impl Figures {
+    /// Records a named duration.
+    pub fn record(&mut self, what: &str, d: Duration) {
+        self.note(what, format!("{:.1} s", d.as_secs_f64()));
+    }
+
+    /// Records a named value.
+    pub fn note(&mut self, what: &str, value: String) {
+        log::info!("figure: {what}: {value}");
+        self.rows.push((what.to_owned(), value));
+    }
+
+    /// The recorded figures as a table.
+    pub fn table(&self) -> String {
+        let w = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        self.rows
+            .iter()
+            .map(|(k, v)| format!("  {k:<w$}  {v:>9}\n"))
+            .collect()
+    }
+}
+
+/// Boots a host for a suite and records its boot time.
+pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
+    let start = Instant::now();
+    let host = XenHost::boot(config)?;
+    figures.record("QEMU start to dom0 ready", host.timings().dom0_ready);
+    log::debug!("boot took {:.1} s", start.elapsed().as_secs_f64());
+    Ok(host)
+}
