@@ -150,7 +150,7 @@ pub fn run_guest(timeout: Duration) -> Result<(), CheckError> {
 /// The dom0 half.
 pub fn run_dom0(guest: DomId, timeout: Duration) -> Result<(), CheckError> {
     let xs = xen_linux::xenstore::open()?;
-    store_round_trip(&xs)?;
+    store_round_trip(&xs, &format!("/rxen-check/{guest}"))?;
     let base = format!("{}/{DIR}", xs.get_domain_path(guest)?);
     wait_node(&xs, &format!("{base}/ready"), b"1", timeout, "the guest's ready")?;
     step("guest is ready (seen through a watch)");
@@ -198,10 +198,14 @@ pub fn run_dom0(guest: DomId, timeout: Duration) -> Result<(), CheckError> {
 }
 
 /// Reads, writes, directory, permissions and a transaction through the
-/// project's client, checked against each other.
-fn store_round_trip(xs: &impl Xenstore) -> Result<(), CheckError> {
-    let root = "/rxen-check";
-    let _ = xs.rm(Transaction::NONE, root);
+/// project's client, checked against each other, under `root` (one per
+/// concurrent run).
+fn store_round_trip(xs: &impl Xenstore, root: &str) -> Result<(), CheckError> {
+    match xs.rm(Transaction::NONE, root) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
     xs.write(Transaction::NONE, &format!("{root}/a"), b"alpha")?;
     xs.mkdir(Transaction::NONE, &format!("{root}/b"))?;
     if xs.read(Transaction::NONE, &format!("{root}/a"))? != b"alpha" {
@@ -216,12 +220,22 @@ fn store_round_trip(xs: &impl Xenstore) -> Result<(), CheckError> {
     if perms.first().map(|p| p.domid) != Some(0) {
         return Err(CheckError::Mismatch(format!("permissions of a dom0 node are {perms:?}")));
     }
-    let tx = xs.transaction_start()?;
-    xs.write(tx, &format!("{root}/a"), b"beta")?;
-    if xs.read(Transaction::NONE, &format!("{root}/a"))? != b"alpha" {
-        return Err(CheckError::Mismatch("a write inside a transaction was visible outside it".into()));
+    // A transaction may be asked to retry (EAGAIN) when something else
+    // changed the store meanwhile; retry a bounded number of times.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let tx = xs.transaction_start()?;
+        xs.write(tx, &format!("{root}/a"), b"beta")?;
+        if xs.read(Transaction::NONE, &format!("{root}/a"))? != b"alpha" {
+            return Err(CheckError::Mismatch("a write inside a transaction was visible outside it".into()));
+        }
+        match xs.transaction_end(tx, true) {
+            Ok(()) => break,
+            Err(e) if e.is_again() && attempts < 5 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    xs.transaction_end(tx, true)?;
     if xs.read(Transaction::NONE, &format!("{root}/a"))? != b"beta" {
         return Err(CheckError::Mismatch("a committed transaction's write is missing".into()));
     }

@@ -186,31 +186,49 @@ fn project_platform_between_dom0_and_guests(h: &mut XenHost, figures: &mut Figur
     }
     let mut results = Vec::new();
     for (guest, job) in &running {
-        let in_guest = h.wait_guest_line(guest, "RXEN-CHECK guest ", GUEST_UP)?;
+        // Collect both halves before judging, so that a failure shows both.
+        let in_guest = h.wait_guest_line(guest, "RXEN-CHECK guest ", GUEST_UP);
         let in_dom0 = h.wait_job(job, GUEST_UP)?;
         results.push((guest, in_guest, in_dom0));
     }
 
     // Assert
-    for (guest, in_guest, in_dom0) in &results {
+    for (guest, in_guest, in_dom0) in results {
+        let dom0_said = format!(
+            "dom0 half (status {}):\n{}{}",
+            in_dom0.status, in_dom0.stdout, in_dom0.stderr
+        );
+        let in_guest = match in_guest {
+            Ok(line) => line,
+            Err(e) => return Err(xen_harness::Error::Check(format!("{}: {e}\n{dom0_said}", guest.name))),
+        };
         ensure(
             in_guest.line.trim_end().ends_with("RXEN-CHECK guest PASS"),
-            format!("{} ({}): the guest half said {:?}; guest console:\n{}", guest.name, guest.release, in_guest.line,
-                h.guest_console(&guest.name).unwrap_or_default()),
+            format!(
+                "{} ({}): the guest half said {:?}\n{dom0_said}",
+                guest.name, guest.release, in_guest.line
+            ),
         )?;
         ensure(
             in_dom0.success() && in_dom0.stdout.contains("RXEN-CHECK dom0 PASS"),
-            format!("{}: the dom0 half failed: {in_dom0:?}", guest.name),
+            format!("{}: the dom0 half failed\n{dom0_said}", guest.name),
         )?;
         for step in [
+            "xenstore write/read/mkdir/directory/get_perms/transaction/rm",
+            "guest is ready (seen through a watch)",
             "mapped the guest's writable grant and read its data",
             "mapping the read-only grant writable was refused",
             "event from the guest received",
-            "guest is ready (seen through a watch)",
         ] {
-            ensure(in_dom0.stdout.contains(step), format!("{}: dom0 did not report {step:?}", guest.name))?;
+            ensure(
+                in_dom0.stdout.contains(step),
+                format!("{}: dom0 did not report {step:?}\n{dom0_said}", guest.name),
+            )?;
         }
-        figures.record(&format!("{} create to platform check passed", guest.name), in_guest.since_create);
+        figures.record(
+            &format!("{} create to platform check passed", guest.name),
+            in_guest.since_create,
+        );
     }
     // on_poweroff=destroy: the guests go away by themselves.
     for (guest, _) in &running {
