@@ -13,7 +13,7 @@ struct Cli {
     #[command(subcommand)]
     role: Role,
     /// Seconds to wait for the other side at each step.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, global = true, default_value_t = 240)]
     timeout: u64,
 }
 
