@@ -29,6 +29,7 @@ pub mod gntdev;
 mod mapping;
 pub mod privcmd;
 pub mod sys;
+pub mod xenfs;
 pub mod xenstore;
 
 pub use error::OpenError;
@@ -36,6 +37,7 @@ pub use evtchn::LinuxEvtchn;
 pub use gntalloc::{LinuxGntalloc, LinuxSharedGrants, UnmapNotify};
 pub use gntdev::{LinuxGntdev, LinuxMappedGrants};
 pub use privcmd::{ForeignMapping, HypercallBuffer, Privcmd, PrivcmdError};
+pub use xenfs::{LocalStoreRing, XenfsError};
 
 /// Most pages one grant or foreign-mapping request may name (4 GiB), so
 /// that sizes computed from a count never overflow.

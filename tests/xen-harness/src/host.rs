@@ -28,6 +28,9 @@ pub enum FileSource {
     Bytes(Vec<u8>),
 }
 
+/// Where dom0's init finds Xen's xenstore daemon.
+pub const XENSTORED_PATH: &str = "/usr/lib/xen-4.17/bin/xenstored";
+
 #[derive(Debug, Clone)]
 struct Dom0File {
     dest: String,
@@ -100,6 +103,23 @@ impl HostConfig {
         Ok(self.with_dom0_file(
             &format!("/usr/local/bin/{name}"),
             FileSource::Host(path),
+            0o755,
+        ))
+    }
+
+    /// Runs the project's `rxenstored` in place of Xen's xenstore daemon:
+    /// dom0's init starts `xenstored --pid-file …` from
+    /// `/usr/lib/xen-4.17/bin` (first on its `PATH`), which becomes a
+    /// wrapper that execs `/usr/local/bin/rxenstored` with the same
+    /// arguments, logging to `/var/log/xen/rxenstored.log`. Nothing in the
+    /// cached root changes.
+    pub fn with_rxenstored(self) -> Result<HostConfig> {
+        Ok(self.with_project_binary("rxenstored")?.with_dom0_file(
+            XENSTORED_PATH,
+            FileSource::Bytes(
+                b"#!/bin/sh\nexec /usr/local/bin/rxenstored -T /var/log/xen/rxenstored.log \"$@\"\n"
+                    .to_vec(),
+            ),
             0o755,
         ))
     }

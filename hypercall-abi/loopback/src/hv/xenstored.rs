@@ -1,5 +1,5 @@
-//! The loopback's xenstored: Xen's xenstore wire protocol (`xsd_sockmsg`
-//! framing, `xs_wire.h`) served over Unix stream sockets.
+//! The loopback's xenstored: the shared [`xenstore_engine`] served over
+//! Unix stream sockets, one per domain connection.
 //!
 //! A domain gets a connection by asking the hypervisor (which knows who it
 //! is), so a connection's domain id cannot be forged. Each connection has a
@@ -9,8 +9,6 @@
 //! answered with an error and disconnected; one that stops reading until
 //! its queue fills is disconnected. Neither affects other connections.
 
-pub(crate) mod store;
-
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -19,14 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use hypercall_abi::platform::XsPerm;
-use hypercall_abi::xen::xs_wire::{
-    name_for_errno, XsType, XsdSockmsg, XENSTORE_PAYLOAD_MAX, XSD_SOCKMSG_SIZE,
-};
+use hypercall_abi::xen::xs_wire::{XsdSockmsg, XENSTORE_PAYLOAD_MAX, XSD_SOCKMSG_SIZE};
 use hypercall_abi::xen::DomId;
-use zerocopy::{FromBytes, IntoBytes};
-
-use store::{Answer, Caller, ConnId, Errno, Fire, Op, Store};
+use xenstore_engine::{error_message, handle, watch_event, Caller, ConnId, Errno, Fire, Store};
+use zerocopy::FromBytes;
 
 /// Messages queued for one client before it counts as not reading.
 const OUT_QUEUE: usize = 1024;
@@ -164,10 +158,7 @@ fn serve_connection(
         stream.read_exact(&mut payload)?;
 
         let mut store = lock(&inner.store);
-        let reply = match dispatch(&mut store, caller, &h, &payload) {
-            Ok(body) => message(h.type_, h.req_id, h.tx_id, &body),
-            Err(e) => error_message(&h, e),
-        };
+        let reply = handle(&mut store, caller, &h, &payload);
         if out.try_send(reply).is_err() {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -188,20 +179,10 @@ fn deliver(inner: &Inner, fires: Vec<Fire>) {
         let Some(c) = conns.get(&f.conn) else {
             continue;
         };
-        let mut body = Vec::with_capacity(f.path.len() + f.token.len() + 2);
-        push_str(&mut body, &f.path);
-        push_str(&mut body, &f.token);
-        if body.len() > XENSTORE_PAYLOAD_MAX {
-            log::warn!(
-                "dropping a watch event for {:?}: path and token exceed the payload limit",
-                f.path
-            );
+        let Some(event) = watch_event(&f) else {
             continue;
-        }
-        if c.out
-            .try_send(message(XsType::WatchEvent as u32, 0, 0, &body))
-            .is_err()
-        {
+        };
+        if c.out.try_send(event).is_err() {
             log::warn!(
                 "xenstore connection {} of domain {} is not reading its watch events; closing it",
                 f.conn,
@@ -212,230 +193,14 @@ fn deliver(inner: &Inner, fires: Vec<Fire>) {
     }
 }
 
-fn message(type_: u32, req_id: u32, tx_id: u32, body: &[u8]) -> Vec<u8> {
-    // Bodies are bounded by XENSTORE_PAYLOAD_MAX (checked by the callers).
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let mut m = Vec::with_capacity(XSD_SOCKMSG_SIZE + body.len());
-    m.extend_from_slice(
-        XsdSockmsg {
-            type_,
-            req_id,
-            tx_id,
-            len,
-        }
-        .as_bytes(),
-    );
-    m.extend_from_slice(body);
-    m
-}
-
-fn error_message(h: &XsdSockmsg, e: Errno) -> Vec<u8> {
-    let mut body = Vec::new();
-    push_str(&mut body, name_for_errno(e.0).unwrap_or("EINVAL"));
-    message(XsType::Error as u32, h.req_id, h.tx_id, &body)
-}
-
-fn push_str(v: &mut Vec<u8>, s: &str) {
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-}
-
-/// The NUL-terminated strings of a payload; it must end with a NUL.
-fn strings(payload: &[u8]) -> Result<Vec<&str>, Errno> {
-    let einval = Errno(libc::EINVAL);
-    let body = payload.strip_suffix(&[0]).ok_or(einval)?;
-    body.split(|b| *b == 0)
-        .map(|s| std::str::from_utf8(s).map_err(|_| einval))
-        .collect()
-}
-
-/// Exactly one NUL-terminated string.
-fn one_arg(payload: &[u8]) -> Result<&str, Errno> {
-    match strings(payload)?.as_slice() {
-        [s] => Ok(s),
-        _ => Err(Errno(libc::EINVAL)),
-    }
-}
-
-/// Exactly two NUL-terminated strings.
-fn two_args(payload: &[u8]) -> Result<(&str, &str), Errno> {
-    match strings(payload)?.as_slice() {
-        [a, b] => Ok((a, b)),
-        _ => Err(Errno(libc::EINVAL)),
-    }
-}
-
-const OK: &[u8] = b"OK\0";
-
-impl Answer {
-    /// Cuts an `XS_DIRECTORY_PART` reply out of a listing: the generation,
-    /// then the names from byte `offset` of the `name\0name\0...` list that
-    /// fit, then an empty string if the list ends here. `offset` must fall
-    /// on a name boundary.
-    fn with_offset(self, offset: usize) -> Result<Answer, Errno> {
-        let Answer::NamesAt(generation, names) = self else {
-            return Err(Errno(libc::EINVAL));
-        };
-        let mut start = 0usize;
-        let mut first = 0usize;
-        while start < offset {
-            let Some(n) = names.get(first) else {
-                return Err(Errno(libc::EINVAL));
-            };
-            start += n.len() + 1;
-            first += 1;
-        }
-        if start != offset {
-            return Err(Errno(libc::EINVAL));
-        }
-        let mut body = Vec::new();
-        push_str(&mut body, &generation.to_string());
-        let mut complete = true;
-        for n in &names[first..] {
-            // Keep room for the terminating empty string.
-            if body.len() + n.len() + 2 > XENSTORE_PAYLOAD_MAX {
-                complete = false;
-                break;
-            }
-            push_str(&mut body, n);
-        }
-        if complete {
-            body.push(0);
-        }
-        Ok(Answer::Part(body))
-    }
-}
-
-/// Runs one request; returns the reply payload.
-fn dispatch(
-    store: &mut Store,
-    caller: Caller,
-    h: &XsdSockmsg,
-    payload: &[u8],
-) -> Result<Vec<u8>, Errno> {
-    let ty = XsType::try_from(h.type_).map_err(|_| Errno(libc::EINVAL))?;
-    let tx = h.tx_id;
-    let answer = match ty {
-        XsType::Read => store.op(caller, tx, Op::Read(one_arg(payload)?))?,
-        XsType::Directory => store.op(caller, tx, Op::Directory(one_arg(payload)?))?,
-        XsType::GetPerms => store.op(caller, tx, Op::GetPerms(one_arg(payload)?))?,
-        XsType::Mkdir => store.op(caller, tx, Op::Mkdir(one_arg(payload)?))?,
-        XsType::Rm => store.op(caller, tx, Op::Rm(one_arg(payload)?))?,
-        XsType::Write => {
-            let nul = payload
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or(Errno(libc::EINVAL))?;
-            let path = std::str::from_utf8(&payload[..nul]).map_err(|_| Errno(libc::EINVAL))?;
-            store.op(caller, tx, Op::Write(path, &payload[nul + 1..]))?
-        }
-        XsType::SetPerms => {
-            let args = strings(payload)?;
-            let (path, perms) = args.split_first().ok_or(Errno(libc::EINVAL))?;
-            let perms = perms
-                .iter()
-                .map(|p| p.parse::<XsPerm>().map_err(|_| Errno(libc::EINVAL)))
-                .collect::<Result<Vec<_>, _>>()?;
-            store.op(caller, tx, Op::SetPerms(path, perms))?
-        }
-        XsType::Watch => {
-            let (path, token) = two_args(payload)?;
-            store.watch(caller, path, token)?;
-            Answer::Ok
-        }
-        XsType::Unwatch => {
-            let (path, token) = two_args(payload)?;
-            store.unwatch(caller, path, token)?;
-            Answer::Ok
-        }
-        XsType::ResetWatches => {
-            store.reset_watches(caller);
-            Answer::Ok
-        }
-        XsType::TransactionStart => {
-            if tx != 0 {
-                return Err(Errno(libc::EBUSY));
-            }
-            if !(payload.is_empty() || payload == b"\0") {
-                return Err(Errno(libc::EINVAL));
-            }
-            let id = store.transaction_start(caller)?;
-            let mut body = Vec::new();
-            push_str(&mut body, &id.to_string());
-            return Ok(body);
-        }
-        XsType::TransactionEnd => {
-            let commit = match one_arg(payload)? {
-                "T" => true,
-                "F" => false,
-                _ => return Err(Errno(libc::EINVAL)),
-            };
-            store.transaction_end(caller, tx, commit)?;
-            Answer::Ok
-        }
-        XsType::GetDomainPath => {
-            let domid: DomId = one_arg(payload)?.parse().map_err(|_| Errno(libc::EINVAL))?;
-            let mut body = Vec::new();
-            push_str(&mut body, &format!("/local/domain/{domid}"));
-            return Ok(body);
-        }
-        XsType::WatchEvent | XsType::Error => return Err(Errno(libc::EINVAL)),
-        XsType::DirectoryPart => {
-            let (path, offset) = two_args(payload)?;
-            let offset: usize = offset.parse().map_err(|_| Errno(libc::EINVAL))?;
-            store
-                .op(caller, tx, Op::DirectoryPart(path))?
-                .with_offset(offset)?
-        }
-        XsType::IsDomainIntroduced => {
-            let domid: DomId = one_arg(payload)?.parse().map_err(|_| Errno(libc::EINVAL))?;
-            return Ok(if store.is_introduced(domid) {
-                b"T\0".to_vec()
-            } else {
-                b"F\0".to_vec()
-            });
-        }
-        XsType::Control
-        | XsType::Introduce
-        | XsType::Release
-        | XsType::Resume
-        | XsType::SetTarget => {
-            return Err(Errno(if caller.domid == 0 {
-                libc::ENOSYS
-            } else {
-                libc::EACCES
-            }));
-        }
-    };
-    Ok(match answer {
-        Answer::Ok => OK.to_vec(),
-        Answer::Value(v) => v,
-        Answer::Names(names) => {
-            let mut body = Vec::new();
-            for n in names {
-                push_str(&mut body, &n);
-            }
-            if body.len() > XENSTORE_PAYLOAD_MAX {
-                return Err(Errno(libc::E2BIG));
-            }
-            body
-        }
-        Answer::NamesAt(..) => return Err(Errno(libc::EINVAL)),
-        Answer::Part(body) => body,
-        Answer::Perms(perms) => {
-            let mut body = Vec::new();
-            for p in perms {
-                push_str(&mut body, &p.to_string());
-            }
-            body
-        }
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use hypercall_abi::xen::xs_wire::XsType;
+    use xenstore_engine::message;
+
+    const OK: &[u8] = b"OK\0";
 
     fn request(s: &mut UnixStream, ty: XsType, req_id: u32, tx_id: u32, body: &[u8]) {
         s.write_all(&message(ty as u32, req_id, tx_id, body))

@@ -1,5 +1,5 @@
-//! The store behind the loopback's xenstored: the node tree, permissions,
-//! transactions and watches, with the semantics of Xen's C `xenstored`.
+//! The store: the node tree, permissions, transactions, watches and
+//! quotas, with the semantics of Xen's C `xenstored`.
 //!
 //! - Permissions: dom0 may do anything; a node's owner (its first
 //!   permission entry) may do anything with it; any other domain has the
@@ -22,39 +22,105 @@ use hypercall_abi::platform::{XsPerm, XsPermAccess};
 use hypercall_abi::xen::xs_wire::{XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX};
 use hypercall_abi::xen::DomId;
 
+/// Per-domain and per-connection limits (C xenstored's `-Q` quotas).
+///
+/// They bind unprivileged domains only; dom0 is not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Most nodes one domain may own (`-Q nodes=`, C xenstored's `-E`).
+    pub nodes_per_domain: usize,
+    /// Largest value of one node, in bytes (`-Q node-size=`, `-S`).
+    pub node_size: usize,
+    /// Most watches one connection may hold (`-Q watches=`, `-W`).
+    pub watches_per_conn: usize,
+    /// Most transactions one connection may have open (`-Q transactions=`, `-t`).
+    pub transactions_per_conn: usize,
+    /// Most permission entries on one node (`-Q permissions=`, `-A`).
+    pub perms_per_node: usize,
+    /// Most requests one connection may have queued (`-Q outstanding=`).
+    pub outstanding_per_conn: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            nodes_per_domain: MAX_NODES_PER_DOMAIN,
+            node_size: MAX_NODE_SIZE,
+            watches_per_conn: MAX_WATCHES_PER_CONN,
+            transactions_per_conn: MAX_TRANSACTIONS_PER_CONN,
+            perms_per_node: MAX_PERMS,
+            outstanding_per_conn: MAX_OUTSTANDING_PER_CONN,
+        }
+    }
+}
+
+impl Quotas {
+    /// Sets the quota called `name` (C xenstored's `-Q` and `CONTROL quota`
+    /// names) to `value`; `false` if there is no such quota.
+    pub fn set(&mut self, name: &str, value: usize) -> bool {
+        let field = match name {
+            "nodes" => &mut self.nodes_per_domain,
+            "node-size" => &mut self.node_size,
+            "watches" => &mut self.watches_per_conn,
+            "transactions" => &mut self.transactions_per_conn,
+            "permissions" => &mut self.perms_per_node,
+            "outstanding" => &mut self.outstanding_per_conn,
+            _ => return false,
+        };
+        *field = value;
+        true
+    }
+
+    /// Every quota as (name, value), in `CONTROL quota` order.
+    pub fn list(&self) -> [(&'static str, usize); 6] {
+        [
+            ("nodes", self.nodes_per_domain),
+            ("node-size", self.node_size),
+            ("watches", self.watches_per_conn),
+            ("transactions", self.transactions_per_conn),
+            ("permissions", self.perms_per_node),
+            ("outstanding", self.outstanding_per_conn),
+        ]
+    }
+}
+
 /// A connection to the store.
-pub(crate) type ConnId = u64;
+pub type ConnId = u64;
 
 /// Most nodes an unprivileged domain may own (C xenstored's default quota).
-pub(crate) const MAX_NODES_PER_DOMAIN: usize = 1000;
+pub const MAX_NODES_PER_DOMAIN: usize = 1000;
 /// Most watches one connection may hold.
-pub(crate) const MAX_WATCHES_PER_CONN: usize = 128;
+pub const MAX_WATCHES_PER_CONN: usize = 128;
 /// Most transactions one connection may have open.
-pub(crate) const MAX_TRANSACTIONS_PER_CONN: usize = 10;
+pub const MAX_TRANSACTIONS_PER_CONN: usize = 10;
 /// Most permission entries on one node.
-pub(crate) const MAX_PERMS: usize = 64;
+pub const MAX_PERMS: usize = 64;
+/// Largest node value of an unprivileged domain (C xenstored's default).
+pub const MAX_NODE_SIZE: usize = 2048;
+/// Most requests one connection may have waiting (C xenstored's default).
+pub const MAX_OUTSTANDING_PER_CONN: usize = 20;
 /// Watch path that fires when a domain is introduced.
-pub(crate) const INTRODUCE_DOMAIN: &str = "@introduceDomain";
+pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
 /// Watch path that fires when a domain is released.
-pub(crate) const RELEASE_DOMAIN: &str = "@releaseDomain";
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 
 /// A failed request, as the errno whose name goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Errno(pub(crate) i32);
+pub struct Errno(pub i32);
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Caller {
-    pub(crate) conn: ConnId,
-    pub(crate) domid: DomId,
+pub struct Caller {
+    pub conn: ConnId,
+    pub domid: DomId,
 }
 
 /// A watch event to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fire {
-    pub(crate) conn: ConnId,
-    pub(crate) path: String,
-    pub(crate) token: String,
+pub struct Fire {
+    pub conn: ConnId,
+    pub path: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +159,9 @@ struct Tree {
     log: Option<TxLog>,
     /// Changes made, for watches.
     changes: Vec<Change>,
+    quotas: Quotas,
+    /// `XS_SET_TARGET`: domain → the domain it acts for.
+    targets: BTreeMap<DomId, DomId>,
 }
 
 #[derive(Debug)]
@@ -114,7 +183,7 @@ struct Watch {
 
 /// The whole store.
 #[derive(Debug)]
-pub(crate) struct Store {
+pub struct Store {
     tree: Tree,
     transactions: HashMap<u32, Transaction>,
     next_tx: u32,
@@ -130,7 +199,7 @@ fn home(domid: DomId) -> String {
 /// The absolute form of `path` for `domid`, checked like C xenstored's
 /// `is_valid_nodename`: characters `[A-Za-z0-9_@/-]`, no empty component,
 /// no trailing slash, and within the length limits.
-pub(crate) fn canonicalize(domid: DomId, path: &str) -> Result<String, Errno> {
+pub fn canonicalize(domid: DomId, path: &str) -> Result<String, Errno> {
     let einval = Errno(libc::EINVAL);
     if path.is_empty() {
         return Err(einval);
@@ -180,12 +249,14 @@ fn is_at_or_below(path: &str, base: &str) -> bool {
         || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
 }
 
-/// (may read, may write) for `domid` on a node with `perms`.
-fn access(perms: &[XsPerm], domid: DomId) -> (bool, bool) {
+/// (may read, may write) for `domid` on a node with `perms`; `target` is
+/// the domain `domid` acts for (`XS_SET_TARGET`), which gives it an
+/// owner's rights on that domain's nodes.
+fn access(perms: &[XsPerm], domid: DomId, target: Option<DomId>) -> (bool, bool) {
     let Some(owner) = perms.first() else {
         return (domid == 0, domid == 0);
     };
-    if domid == 0 || owner.domid == domid {
+    if domid == 0 || owner.domid == domid || Some(owner.domid) == target {
         return (true, true);
     }
     let acc = perms[1..]
@@ -208,16 +279,25 @@ enum Need {
     Owner,
 }
 
-fn allowed(perms: &[XsPerm], domid: DomId, need: Need) -> bool {
-    let (r, w) = access(perms, domid);
+fn allowed(perms: &[XsPerm], domid: DomId, target: Option<DomId>, need: Need) -> bool {
+    let (r, w) = access(perms, domid, target);
     match need {
         Need::Read => r,
         Need::Write => w,
-        Need::Owner => domid == 0 || perms.first().is_some_and(|o| o.domid == domid),
+        Need::Owner => {
+            domid == 0
+                || perms
+                    .first()
+                    .is_some_and(|o| o.domid == domid || Some(o.domid) == target)
+        }
     }
 }
 
 impl Tree {
+    fn allowed(&self, perms: &[XsPerm], domid: DomId, need: Need) -> bool {
+        allowed(perms, domid, self.targets.get(&domid).copied(), need)
+    }
+
     fn new() -> Self {
         let mut nodes = BTreeMap::new();
         let root_perms = vec![XsPerm {
@@ -238,6 +318,8 @@ impl Tree {
             next_generation: 1,
             log: None,
             changes: Vec::new(),
+            quotas: Quotas::default(),
+            targets: BTreeMap::new(),
         }
     }
 
@@ -270,7 +352,7 @@ impl Tree {
         let mut p = parent(path);
         while let Some(pp) = p {
             if let Some(n) = self.nodes.get(pp) {
-                return if allowed(&n.perms, domid, Need::Read) {
+                return if self.allowed(&n.perms, domid, Need::Read) {
                     Errno(libc::ENOENT)
                 } else {
                     Errno(libc::EACCES)
@@ -285,7 +367,7 @@ impl Tree {
         self.touch(path);
         match self.nodes.get(path) {
             None => Err(self.missing(domid, path)),
-            Some(n) if !allowed(&n.perms, domid, need) => Err(Errno(libc::EACCES)),
+            Some(n) if !self.allowed(&n.perms, domid, need) => Err(Errno(libc::EACCES)),
             Some(n) => Ok(n),
         }
     }
@@ -345,10 +427,10 @@ impl Tree {
             .get(&base)
             .map(|n| n.perms.clone())
             .unwrap_or_default();
-        if !allowed(&base_perms, domid, Need::Write) {
+        if !self.allowed(&base_perms, domid, Need::Write) {
             return Err(Errno(libc::EACCES));
         }
-        if domid != 0 && self.owned_by(domid) + missing.len() > MAX_NODES_PER_DOMAIN {
+        if domid != 0 && self.owned_by(domid) + missing.len() > self.quotas.nodes_per_domain {
             return Err(Errno(libc::ENOSPC));
         }
         let mut perms = base_perms;
@@ -394,6 +476,9 @@ impl Tree {
     }
 
     fn write(&mut self, domid: DomId, path: &str, value: &[u8]) -> Result<(), Errno> {
+        if domid != 0 && value.len() > self.quotas.node_size {
+            return Err(Errno(libc::ENOSPC));
+        }
         self.touch(path);
         if !self.nodes.contains_key(path) {
             self.create(domid, path)?;
@@ -445,7 +530,7 @@ impl Tree {
             let par = parent(path).unwrap_or("/");
             self.touch(par);
             return match self.nodes.get(par) {
-                Some(n) if allowed(&n.perms, domid, Need::Read) => Ok(()),
+                Some(n) if self.allowed(&n.perms, domid, Need::Read) => Ok(()),
                 Some(_) => Err(Errno(libc::EACCES)),
                 None => Err(self.missing(domid, path)),
             };
@@ -481,7 +566,7 @@ impl Tree {
     }
 
     fn set_perms(&mut self, domid: DomId, path: &str, perms: Vec<XsPerm>) -> Result<(), Errno> {
-        if perms.is_empty() || perms.len() > MAX_PERMS {
+        if perms.is_empty() || (domid != 0 && perms.len() > self.quotas.perms_per_node) {
             return Err(Errno(libc::EINVAL));
         }
         let old = self.get(domid, path, Need::Owner)?.perms.clone();
@@ -489,7 +574,7 @@ impl Tree {
         let old_owner = old.first().map(|o| o.domid);
         if domid != 0
             && Some(new_owner) != old_owner
-            && self.owned_by(new_owner) >= MAX_NODES_PER_DOMAIN
+            && self.owned_by(new_owner) >= self.quotas.nodes_per_domain
         {
             return Err(Errno(libc::ENOSPC));
         }
@@ -511,7 +596,7 @@ impl Tree {
 
 /// What a request can ask of the store, with its arguments parsed.
 #[derive(Debug)]
-pub(crate) enum Op<'a> {
+pub enum Op<'a> {
     Read(&'a str),
     Write(&'a str, &'a [u8]),
     Mkdir(&'a str),
@@ -525,7 +610,7 @@ pub(crate) enum Op<'a> {
 
 /// A successful operation's result.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
+pub enum Answer {
     Ok,
     Value(Vec<u8>),
     Names(Vec<String>),
@@ -536,10 +621,22 @@ pub(crate) enum Answer {
     Perms(Vec<XsPerm>),
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Store {
     /// An empty store holding `/`, `/local` and `/local/domain`, dom0's.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
+        Self::with_quotas(Quotas::default())
+    }
+
+    /// An empty store enforcing `quotas`.
+    pub fn with_quotas(quotas: Quotas) -> Self {
         let mut tree = Tree::new();
+        tree.quotas = quotas;
         // dom0 may create anything; these cannot fail.
         let _ = tree.mkdir(0, "/local/domain");
         tree.changes.clear();
@@ -554,7 +651,7 @@ impl Store {
     }
 
     /// Runs `op` for `caller`, inside transaction `tx` unless it is 0.
-    pub(crate) fn op(&mut self, caller: Caller, tx: u32, op: Op<'_>) -> Result<Answer, Errno> {
+    pub fn op(&mut self, caller: Caller, tx: u32, op: Op<'_>) -> Result<Answer, Errno> {
         let domid = caller.domid;
         let tree = if tx == 0 {
             &mut self.tree
@@ -587,13 +684,14 @@ impl Store {
     }
 
     /// `XS_TRANSACTION_START`.
-    pub(crate) fn transaction_start(&mut self, caller: Caller) -> Result<u32, Errno> {
+    pub fn transaction_start(&mut self, caller: Caller) -> Result<u32, Errno> {
         if self
             .transactions
             .values()
             .filter(|t| t.conn == caller.conn)
             .count()
-            >= MAX_TRANSACTIONS_PER_CONN
+            >= self.tree.quotas.transactions_per_conn
+            && caller.domid != 0
         {
             return Err(Errno(libc::ENOSPC));
         }
@@ -616,12 +714,7 @@ impl Store {
     }
 
     /// `XS_TRANSACTION_END`: commits (or aborts) transaction `tx`.
-    pub(crate) fn transaction_end(
-        &mut self,
-        caller: Caller,
-        tx: u32,
-        commit: bool,
-    ) -> Result<(), Errno> {
+    pub fn transaction_end(&mut self, caller: Caller, tx: u32, commit: bool) -> Result<(), Errno> {
         match self.transactions.get(&tx) {
             Some(t) if t.conn == caller.conn => {}
             _ => return Err(Errno(libc::ENOENT)),
@@ -664,7 +757,7 @@ impl Store {
     }
 
     /// `XS_WATCH`; fires the watch once at once.
-    pub(crate) fn watch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
+    pub fn watch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
         let abs = if path.starts_with('@') {
             if path != INTRODUCE_DOMAIN && path != RELEASE_DOMAIN {
                 return Err(Errno(libc::EINVAL));
@@ -677,7 +770,7 @@ impl Store {
         if mine.clone().any(|w| w.path == path && w.token == token) {
             return Err(Errno(libc::EEXIST));
         }
-        if mine.count() >= MAX_WATCHES_PER_CONN {
+        if caller.domid != 0 && mine.count() >= self.tree.quotas.watches_per_conn {
             return Err(Errno(libc::E2BIG));
         }
         self.watches.push(Watch {
@@ -696,7 +789,7 @@ impl Store {
     }
 
     /// `XS_UNWATCH`.
-    pub(crate) fn unwatch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
+    pub fn unwatch(&mut self, caller: Caller, path: &str, token: &str) -> Result<(), Errno> {
         let before = self.watches.len();
         self.watches
             .retain(|w| !(w.conn == caller.conn && w.path == path && w.token == token));
@@ -707,18 +800,18 @@ impl Store {
     }
 
     /// `XS_RESET_WATCHES`.
-    pub(crate) fn reset_watches(&mut self, caller: Caller) {
+    pub fn reset_watches(&mut self, caller: Caller) {
         self.watches.retain(|w| w.conn != caller.conn);
     }
 
     /// Forgets a closed connection's watches and transactions.
-    pub(crate) fn drop_connection(&mut self, conn: ConnId) {
+    pub fn drop_connection(&mut self, conn: ConnId) {
         self.watches.retain(|w| w.conn != conn);
         self.transactions.retain(|_, t| t.conn != conn);
     }
 
     /// Creates a new domain's home, owned by it, and fires `@introduceDomain`.
-    pub(crate) fn introduce_domain(&mut self, domid: DomId) {
+    pub fn introduce_domain(&mut self, domid: DomId) {
         self.introduced.insert(domid);
         let h = home(domid);
         let dom0 = 0;
@@ -738,20 +831,66 @@ impl Store {
     }
 
     /// Removes a departed domain's home and fires `@releaseDomain`.
-    pub(crate) fn release_domain(&mut self, domid: DomId) {
+    pub fn release_domain(&mut self, domid: DomId) {
         self.introduced.remove(&domid);
         let _ = self.tree.rm(0, &home(domid));
         self.fire_changes();
         self.fire_special(RELEASE_DOMAIN);
     }
 
+    /// The quotas in force.
+    pub fn quotas(&self) -> Quotas {
+        self.tree.quotas
+    }
+
+    /// Changes the quotas; transactions already open keep the old ones.
+    pub fn set_quotas(&mut self, quotas: Quotas) {
+        self.tree.quotas = quotas;
+    }
+
+    /// `XS_INTRODUCE` of a real toolstack, which creates the domain's home
+    /// itself: marks the domain introduced and fires `@introduceDomain`.
+    pub fn mark_introduced(&mut self, domid: DomId) {
+        self.introduced.insert(domid);
+        self.fire_special(INTRODUCE_DOMAIN);
+    }
+
+    /// `XS_RELEASE` or a domain's death, with the toolstack removing its
+    /// nodes: forgets the domain and fires `@releaseDomain`.
+    pub fn mark_released(&mut self, domid: DomId) {
+        self.introduced.remove(&domid);
+        self.fire_special(RELEASE_DOMAIN);
+    }
+
+    /// Fires `@releaseDomain` without forgetting anyone (C xenstored does so
+    /// on every `VIRQ_DOM_EXC`, so that toolstacks re-check their domains).
+    pub fn fire_release(&mut self) {
+        self.fire_special(RELEASE_DOMAIN);
+    }
+
+    /// `XS_SET_TARGET`: `domid` (a device model, say) acts for `target`,
+    /// with an owner's rights on the nodes `target` owns.
+    pub fn set_target(&mut self, domid: DomId, target: DomId) {
+        self.tree.targets.insert(domid, target);
+    }
+
+    /// Forgets what `domid` acted for, and who acted for it.
+    pub fn clear_target(&mut self, domid: DomId) {
+        self.tree.targets.retain(|d, t| *d != domid && *t != domid);
+    }
+
+    /// Domains introduced and not released.
+    pub fn introduced(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.introduced.iter().copied()
+    }
+
     /// `XS_IS_DOMAIN_INTRODUCED`.
-    pub(crate) fn is_introduced(&self, domid: DomId) -> bool {
+    pub fn is_introduced(&self, domid: DomId) -> bool {
         self.introduced.contains(&domid)
     }
 
     /// The watch events to send, oldest first.
-    pub(crate) fn take_fires(&mut self) -> Vec<Fire> {
+    pub fn take_fires(&mut self) -> Vec<Fire> {
         std::mem::take(&mut self.fires)
     }
 
@@ -769,7 +908,10 @@ impl Store {
         for c in std::mem::take(&mut self.tree.changes) {
             for w in &self.watches {
                 if w.abs.starts_with('@')
-                    || !c.perms.iter().any(|p| allowed(p, w.domid, Need::Read))
+                    || !c
+                        .perms
+                        .iter()
+                        .any(|p| self.tree.allowed(p, w.domid, Need::Read))
                 {
                     continue;
                 }
@@ -1061,6 +1203,38 @@ mod tests {
         assert_eq!(s.take_fires().len(), 1);
         s.unwatch(DOM1, "backend", "tok").unwrap();
         assert_eq!(s.unwatch(DOM1, "backend", "tok"), Err(Errno(libc::ENOENT)));
+    }
+
+    #[test]
+    fn a_target_domain_gets_owner_rights_on_its_targets_nodes() {
+        let mut s = store();
+        s.op(DOM1, 0, Op::Write("secret", b"x")).unwrap();
+        let dm = Caller {
+            conn: 103,
+            domid: 3,
+        };
+        s.introduce_domain(3);
+        assert_eq!(
+            s.op(dm, 0, Op::Read("/local/domain/1/secret")),
+            Err(Errno(libc::EACCES))
+        );
+        s.set_target(3, 1);
+        assert_eq!(
+            s.op(dm, 0, Op::Read("/local/domain/1/secret")),
+            Ok(Answer::Value(b"x".to_vec()))
+        );
+        s.op(dm, 0, Op::Write("/local/domain/1/secret", b"y"))
+            .unwrap();
+        assert_eq!(
+            s.op(DOM2, 0, Op::Read("/local/domain/1/secret")),
+            Err(Errno(libc::EACCES)),
+            "others are still kept out"
+        );
+        s.clear_target(1);
+        assert_eq!(
+            s.op(dm, 0, Op::Read("/local/domain/1/secret")),
+            Err(Errno(libc::EACCES))
+        );
     }
 
     #[test]
