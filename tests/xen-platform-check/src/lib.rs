@@ -247,3 +247,61 @@ fn store_round_trip(xs: &impl Xenstore, root: &str) -> Result<(), CheckError> {
     step("xenstore write/read/mkdir/directory/get_perms/transaction/rm through the project's client");
     Ok(())
 }
+
+/// Prefix of every line [`run_xs_probe`] prints.
+pub const PROBE: &str = "RXEN-XS-PROBE";
+
+/// One probe outcome: `ok` or the daemon's error name (`EACCES` ...).
+fn outcome<T>(r: Result<T, XsError>) -> Result<String, CheckError> {
+    match r {
+        Ok(_) => Ok("ok".to_owned()),
+        Err(XsError::Daemon { name, .. }) => Ok(name),
+        Err(e) => Err(CheckError::Store(e)),
+    }
+}
+
+/// The isolation probe, run in a guest: tries to read and write dom0's
+/// and domain `other`'s nodes, then writes new nodes under its own
+/// `data/` until the daemon refuses (at most `limit` writes). Prints one
+/// `RXEN-XS-PROBE` line per result and a final `RXEN-XS-PROBE END`; the
+/// caller judges the answers.
+pub fn run_xs_probe(other: DomId, limit: u32) -> Result<(), CheckError> {
+    let xs = xen_linux::xenstore::open()?;
+    let tx = Transaction::NONE;
+    let other_home = format!("/local/domain/{other}");
+    let probes: [(&str, String, Option<&[u8]>); 4] = [
+        ("read", "/local/domain/0/name".to_owned(), None),
+        (
+            "write",
+            "/local/domain/0/rxen-probe".to_owned(),
+            Some(b"guest"),
+        ),
+        ("read", format!("{other_home}/name"), None),
+        (
+            "write",
+            format!("{other_home}/data/rxen-probe"),
+            Some(b"guest"),
+        ),
+    ];
+    for (op, path, value) in &probes {
+        let result = match value {
+            None => outcome(xs.read(tx, path))?,
+            Some(v) => outcome(xs.write(tx, path, v))?,
+        };
+        println!("{PROBE} {op} {path} {result}");
+    }
+    let mut written = 0u32;
+    let refused = loop {
+        if written >= limit {
+            break "none".to_owned();
+        }
+        match xs.write(tx, &format!("data/flood/{written}"), b"x") {
+            Ok(()) => written += 1,
+            Err(XsError::Daemon { name, .. }) => break name,
+            Err(e) => return Err(CheckError::Store(e)),
+        }
+    };
+    println!("{PROBE} flood {refused} after {written}");
+    println!("{PROBE} END");
+    Ok(())
+}

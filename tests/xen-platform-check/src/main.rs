@@ -2,6 +2,8 @@
 //! (`dom0 --domid N`) at the same time; the two halves exercise the
 //! project's Linux platform against each other on real Xen and print
 //! `RXEN-CHECK <role> PASS` or a `FAIL` line with the reason.
+//! `xs-probe` runs alone in a guest: it tries other domains' xenstore
+//! nodes and floods its own, printing `RXEN-XS-PROBE` lines for dom0 to judge.
 
 use std::process::ExitCode;
 
@@ -27,6 +29,16 @@ enum Role {
         #[arg(long)]
         domid: u16,
     },
+    /// In a guest: try other domains' nodes and flood its own `data/`,
+    /// printing one `RXEN-XS-PROBE` line per answer.
+    XsProbe {
+        /// Another guest's domain id, whose home to try.
+        #[arg(long)]
+        other: u16,
+        /// Most nodes to write while flooding.
+        #[arg(long, default_value_t = 5000)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +48,9 @@ fn main() -> ExitCode {
     let (name, result) = match cli.role {
         Role::Guest => ("guest", xen_platform_check::run_guest(timeout)),
         Role::Dom0 { domid } => ("dom0", xen_platform_check::run_dom0(domid, timeout)),
+        Role::XsProbe { other, limit } => {
+            ("xs-probe", xen_platform_check::run_xs_probe(other, limit))
+        }
     };
     match result {
         Ok(()) => {

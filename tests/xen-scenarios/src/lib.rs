@@ -80,3 +80,64 @@ pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
     log::debug!("boot took {:.1} s", start.elapsed().as_secs_f64());
     Ok(host)
 }
+
+/// A fixed script of Xen's `xenstore-*` clients (write, read, list, ls,
+/// ls -p, chmod, exists, rm, errors) that dom0 runs against whichever
+/// xenstore daemon the host has.
+pub const XENSTORE_CLIENTS_SCRIPT: &str = include_str!("../golden/xenstore-clients.sh");
+
+/// What [`XENSTORE_CLIENTS_SCRIPT`] printed against Xen's C `xenstored`
+/// (`golden/xenstore-clients.out`).
+pub const XENSTORE_CLIENTS_GOLDEN: &str = include_str!("../golden/xenstore-clients.out");
+
+/// Runs [`XENSTORE_CLIENTS_SCRIPT`] in dom0 (stderr merged into stdout)
+/// and checks that its output equals [`XENSTORE_CLIENTS_GOLDEN`]; the
+/// error names the first line that differs.
+pub fn xenstore_clients_match_golden(h: &mut XenHost) -> Result<()> {
+    let out = h.run_with(
+        &format!("exec 2>&1\n{XENSTORE_CLIENTS_SCRIPT}"),
+        &[],
+        Duration::from_secs(120),
+    )?;
+    match first_difference(&out.stdout, XENSTORE_CLIENTS_GOLDEN) {
+        None => Ok(()),
+        Some(diff) => Err(xen_harness::Error::Check(format!(
+            "xenstore-* clients answered differently from Xen's C xenstored: {diff}\nwhole output:\n{}",
+            out.stdout
+        ))),
+    }
+}
+
+/// Where `got` first differs from `want`, line by line; `None` if equal.
+pub fn first_difference(got: &str, want: &str) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let n = g.len().max(w.len());
+    (0..n)
+        .find(|&i| g.get(i) != w.get(i))
+        .map(|i| format!("line {}: got {:?}, expected {:?}", i + 1, g.get(i), w.get(i)))
+        .or_else(|| Some("the line ends differ".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_difference;
+
+    #[test]
+    fn first_difference_names_the_line() {
+        // Arrange
+        let want = "a\nb\nc\n";
+
+        // Act
+        let same = first_difference("a\nb\nc\n", want);
+        let changed = first_difference("a\nB\nc\n", want);
+        let shorter = first_difference("a\nb\n", want);
+
+        // Assert
+        assert_eq!(same, None);
+        assert_eq!(changed.as_deref(), Some("line 2: got Some(\"B\"), expected Some(\"b\")"));
+        assert_eq!(shorter.as_deref(), Some("line 3: got None, expected Some(\"c\")"));
+    }
+}

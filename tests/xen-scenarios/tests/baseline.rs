@@ -11,7 +11,7 @@ use xen_harness::cpio::Archive;
 use xen_harness::{
     project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost,
 };
-use xen_scenarios::{boot, init_logging, Figures};
+use xen_scenarios::{boot, init_logging, xenstore_clients_match_golden, Figures};
 
 /// Time allowed for guests to reach userspace (software emulation, two
 /// guests sharing two host CPUs with dom0).
@@ -21,8 +21,8 @@ const GUEST_UP: Duration = Duration::from_secs(300);
 /// `cargo build --release --workspace --bins`).
 const CHECK_BIN: &str = "rxen-platform-check";
 
-// `cargo test --workspace` (debug, `make test-unit`) must not boot the
-// host: it may not be built yet there. `make test-xen` runs this in release.
+// Boots Xen under QEMU: run by `make test-xen` (release, after `make
+// xen-host`); `make test-unit` excludes this crate.
 #[test]
 fn baseline_with_xens_own_tools() {
     init_logging();
@@ -40,6 +40,11 @@ fn baseline_with_xens_own_tools() {
             failures.push(format!("{name}: {e}"));
         }
     };
+    let r = host.scenario(
+        "Xen's xenstore-* clients against Xen's C xenstored give the golden answers",
+        xenstore_clients_match_golden,
+    );
+    check("xenstore clients golden", r);
     let r = host.scenario(
         "xl: 6.1 PVH with blkback disk and 6.12 PV with netback vif",
         |h| two_kernels_side_by_side(h, &mut figures),

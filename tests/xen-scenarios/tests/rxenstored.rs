@@ -1,6 +1,10 @@
 //! rxenstored in place of Xen's xenstore daemon on the real Xen test host:
 //! dom0's init starts it as it would start `xenstored`, and Xen's own
-//! tools, dom0's kernel (backends) and Linux guests use it.
+//! tools, dom0's kernel (backends) and Linux guests use it. Xen's
+//! `xenstore-*` clients give the answers Xen's C daemon gave
+//! (`golden/xenstore-clients.*`, also checked in `baseline.rs`), and a
+//! guest can neither touch other domains' nodes nor starve dom0 and other
+//! guests by flooding (`rxen-platform-check xs-probe`).
 //!
 //! One host boot serves every check, run in order.
 
@@ -8,17 +12,20 @@
 
 use std::time::{Duration, Instant};
 
-use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost};
-use xen_scenarios::{boot, init_logging, Figures};
+use xen_harness::cpio::Archive;
+use xen_harness::{
+    project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost,
+};
+use xen_scenarios::{boot, init_logging, xenstore_clients_match_golden, Figures};
 
 /// Time allowed for guests to reach userspace (software emulation).
 const GUEST_UP: Duration = Duration::from_secs(300);
+/// The project's probe binary, put into the probe guest's initramfs.
+const CHECK_BIN: &str = "rxen-platform-check";
 
+// Boots Xen under QEMU: run by `make test-xen` (release, after `make
+// xen-host`); `make test-unit` excludes this crate.
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "boots Xen under QEMU: make test-xen (release)"
-)]
 fn rxenstored_replaces_xens_daemon() {
     init_logging();
     let suite = Instant::now();
@@ -38,10 +45,21 @@ fn rxenstored_replaces_xens_daemon() {
     let r = host.scenario("dom0's control plane came up on rxenstored", control_plane);
     check("control plane", r);
     let r = host.scenario(
+        "Xen's xenstore-* clients answer as with Xen's C xenstored",
+        xenstore_clients_match_golden,
+    );
+    check("same answers", r);
+    let r = host.scenario(
         "xl: 6.12 PV and 6.1 PVH guests with PV devices through rxenstored",
         |h| guests(h, &mut figures),
     );
     check("guests", r);
+    let r = host.scenario("a guest is isolated and its flood is contained", |h| {
+        isolation(h, &mut figures)
+    });
+    check("isolation", r);
+    let r = host.scenario("xl destroy removes the guests", destroy_all);
+    check("destroy", r);
     let r = host.scenario("Xen's test-xenstore against rxenstored", |h| {
         test_xenstore(h, &mut figures)
     });
@@ -96,8 +114,8 @@ fn control_plane(h: &mut XenHost) -> Result<()> {
 /// `xl create` a PV guest on the 6.12 kernel with a netback vif and a PVH
 /// guest on the 6.1 kernel with a blkback disk; both reach userspace,
 /// their devices connect (dom0's kernel backends talk to rxenstored over
-/// dom0's ring, the guests over theirs); `xl list` shows them and `xl
-/// destroy` removes them.
+/// dom0's ring, the guests over theirs); `xl list` shows them. They keep
+/// running for [`isolation`]; [`destroy_all`] removes them.
 fn guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange
     let pv = GuestConfig::new("rxs-pv-612", GuestKind::Pv, GuestKernel::Linux612)
@@ -151,13 +169,116 @@ fn guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
             format!("xl list lacks {name}: {listed:?}"),
         )?;
     }
-    h.xl_destroy(&g_pv.name)?;
-    h.xl_destroy(&g_pvh.name)?;
+    Ok(())
+}
+
+/// `xl destroy` removes every guest.
+fn destroy_all(h: &mut XenHost) -> Result<()> {
+    for d in h.xl_list()? {
+        if d.name != "Domain-0" {
+            h.xl_destroy(&d.name)?;
+        }
+    }
     let after = h.xl_list()?;
     ensure(
         after.iter().all(|d| d.name == "Domain-0"),
         format!("guests remain after xl destroy: {after:?}"),
+    )
+}
+
+/// Node quota while the probe floods (nodes a guest may own).
+const PROBE_NODE_QUOTA: u32 = 300;
+
+/// A guest cannot read or write dom0's or another guest's nodes, and a
+/// guest flooding its own `data/` gets a quota error while dom0 and the
+/// other guest (`rxs-pv-612`, still running) keep working.
+fn isolation(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange
+    let start = Instant::now();
+    let other = h.domid("rxs-pv-612")?;
+    let mut overlay = Archive::new();
+    overlay.host_file(
+        &format!("/rxen/bin/{CHECK_BIN}"),
+        &project_binary(CHECK_BIN)?,
+        0o755,
     )?;
+    overlay.file(
+        "/rxen/guest.d/10-xs-probe",
+        0o755,
+        format!("#!/bin/sh\n{CHECK_BIN} xs-probe --other {other} --limit 5000\n").as_bytes(),
+    );
+    let initrd = h.guest_initrd_with("xs-probe", overlay)?;
+    let probe = GuestConfig::new("rxs-probe", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd)
+        .hold();
+    let quota_before = h.run_ok("xenstore-control quota")?;
+
+    // Act
+    let g = h.xl_create(&probe)?;
+    // After xl create has written the guest's nodes, before its userspace runs.
+    h.run_ok(&format!("xenstore-control quota nodes {PROBE_NODE_QUOTA}"))?;
+    let end = h.wait_guest_line(&g, "RXEN-XS-PROBE END", GUEST_UP);
+    let console = h.guest_console(&g.name)?;
+    let dom0 = h.run_ok(&format!(
+        "xenstore-write /local/domain/0/rxen-after-flood yes\n\
+         xenstore-read /local/domain/0/rxen-after-flood\n\
+         xenstore-read /local/domain/{other}/name\n\
+         xenstore-write /local/domain/{other}/data/from-dom0 still-fine\n\
+         xenstore-read /local/domain/{other}/data/from-dom0\n\
+         xenstore-rm /local/domain/0/rxen-after-flood\n"
+    ))?;
+    restore_node_quota(h, &quota_before)?;
+
+    // Assert
+    let end = end.map_err(|e| {
+        xen_harness::Error::Check(format!("the probe did not finish: {e}\n{console}"))
+    })?;
+    figures.record("rxs-probe create to probe done", end.since_create);
+    let said: Vec<&str> = console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("RXEN-XS-PROBE ")
+                .map(|(_, rest)| rest.trim_end())
+        })
+        .collect();
+    log::info!("the probe said: {said:#?}");
+    for want in [
+        "read /local/domain/0/name EACCES".to_owned(),
+        "write /local/domain/0/rxen-probe EACCES".to_owned(),
+        format!("read /local/domain/{other}/name EACCES"),
+        format!("write /local/domain/{other}/data/rxen-probe EACCES"),
+    ] {
+        ensure(
+            said.contains(&want.as_str()),
+            format!("the probe did not report {want:?}: {said:?}"),
+        )?;
+    }
+    let flood = said
+        .iter()
+        .find(|l| l.starts_with("flood "))
+        .ok_or_else(|| xen_harness::Error::Check(format!("no flood result: {said:?}")))?;
+    ensure(
+        flood.starts_with("flood ENOSPC after "),
+        format!("flooding its data/ did not end in a quota error: {flood:?}"),
+    )?;
+    ensure(
+        dom0.lines().collect::<Vec<_>>() == ["yes", "rxs-pv-612", "still-fine"],
+        format!("dom0 after the flood: {dom0:?}"),
+    )?;
+    figures.record("isolation scenario", start.elapsed());
+    Ok(())
+}
+
+/// Puts the node quota back to what `xenstore-control quota` listed.
+fn restore_node_quota(h: &mut XenHost, listed: &str) -> Result<()> {
+    let nodes = listed
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nodes")).then(|| w.next_back()).flatten()
+        })
+        .ok_or_else(|| xen_harness::Error::Check(format!("no nodes quota in {listed:?}")))?;
+    h.run_ok(&format!("xenstore-control quota nodes {nodes}"))?;
     Ok(())
 }
 
