@@ -1,7 +1,7 @@
 # rxen: a Xen-style paravirtualization stack in Rust.
 #
 #   make demo   boot the Xen test host, start guests, show them working
-#   make test   everything CI runs: unit tests, loopback tests, Xen host scenarios
+#   make test   everything CI runs: clippy, unit tests, loopback tests, fuzz smoke, Xen host scenarios
 #
 # Slow artifacts (Debian packages, dom0 root, guest images) live outside the
 # clone, in $(RXEN_CACHE), keyed by package versions and input hashes.
@@ -41,7 +41,9 @@ test-xen: xen-host
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release -p xen-scenarios -- --test-threads=1 --nocapture
 
-test: test-unit test-fuzz test-xen
+# Lints first: the workspace denies undocumented unsafe blocks, and only
+# clippy checks that.
+test: clippy test-unit test-fuzz test-xen
 
 demo: xen-host
 	$(CARGO) build --release --workspace --bins
