@@ -106,6 +106,46 @@ fn wait_node(xs: &impl Xenstore, path: &str, want: &[u8], timeout: Duration, wha
     result
 }
 
+/// The domain currently named `name`, if any.
+fn domain_named(xs: &impl Xenstore, name: &str) -> Result<Option<DomId>, CheckError> {
+    for id in xs.directory(Transaction::NONE, "/local/domain")? {
+        match xs.read(Transaction::NONE, &format!("/local/domain/{id}/name")) {
+            Ok(n) if n == name.as_bytes() => return Ok(id.parse().ok()),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Waits, through a watch on `/local/domain`, until the domain named
+/// `name` has written `ready`, and returns its id.
+fn wait_ready_by_name(xs: &impl Xenstore, name: &str, timeout: Duration) -> Result<DomId, CheckError> {
+    let token = "rxen-check-ready";
+    xs.watch("/local/domain", token)?;
+    let deadline = Instant::now() + timeout;
+    let result = loop {
+        if let Some(id) = domain_named(xs, name)? {
+            match xs.read(Transaction::NONE, &format!("/local/domain/{id}/{DIR}/ready")) {
+                Ok(v) if v == b"1" => break Ok(id),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => break Err(e.into()),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(CheckError::Timeout("the guest's ready"));
+        }
+        // Any change below /local/domain wakes us; look again (bounded by
+        // the deadline, and at least once a second).
+        xs.read_watch(Some(left.min(Duration::from_secs(1))))?;
+    };
+    xs.unwatch("/local/domain", token)?;
+    result
+}
+
 /// The guest half.
 pub fn run_guest(timeout: Duration) -> Result<(), CheckError> {
     let xs = xen_linux::xenstore::open()?;
@@ -148,12 +188,15 @@ pub fn run_guest(timeout: Duration) -> Result<(), CheckError> {
 }
 
 /// The dom0 half.
-pub fn run_dom0(guest: DomId, timeout: Duration) -> Result<(), CheckError> {
+///
+/// The guest is found by name, not by a domain id fixed in advance: if xl
+/// restarts it (a new domain id), dom0 follows the new instance.
+pub fn run_dom0(name: &str, timeout: Duration) -> Result<(), CheckError> {
     let xs = xen_linux::xenstore::open()?;
-    store_round_trip(&xs, &format!("/rxen-check/{guest}"))?;
+    store_round_trip(&xs, &format!("/rxen-check/{name}"))?;
+    let guest = wait_ready_by_name(&xs, name, timeout)?;
     let base = format!("{}/{DIR}", xs.get_domain_path(guest)?);
-    wait_node(&xs, &format!("{base}/ready"), b"1", timeout, "the guest's ready")?;
-    step("guest is ready (seen through a watch)");
+    step(&format!("guest is ready (seen through a watch), domain {guest}"));
     let rw_ref: GrantRef = parse(&xs.read(Transaction::NONE, &format!("{base}/rw-ref"))?, "rw-ref")?;
     let ro_ref: GrantRef = parse(&xs.read(Transaction::NONE, &format!("{base}/ro-ref"))?, "ro-ref")?;
     let port: EvtchnPort = parse(&xs.read(Transaction::NONE, &format!("{base}/port"))?, "port")?;

@@ -1,5 +1,5 @@
 //! `rxen-platform-check`: run once in a guest (`guest`) and once in dom0
-//! (`dom0 --domid N`) at the same time; the two halves exercise the
+//! (`dom0 --name NAME`) at the same time; the two halves exercise the
 //! project's Linux platform against each other on real Xen and print
 //! `RXEN-CHECK <role> PASS` or a `FAIL` line with the reason.
 //! `xs-probe` runs alone in a guest: it tries other domains' xenstore
@@ -25,9 +25,9 @@ enum Role {
     Guest,
     /// The dom0 half: maps the guest's grants, binds its channel, drives xenstore.
     Dom0 {
-        /// The guest's domain id.
+        /// The guest's name (followed across restarts by xl).
         #[arg(long)]
-        domid: u16,
+        name: String,
     },
     /// In a guest: try other domains' nodes and flood its own `data/`,
     /// printing one `RXEN-XS-PROBE` line per answer.
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let timeout = std::time::Duration::from_secs(cli.timeout);
     let (name, result) = match cli.role {
         Role::Guest => ("guest", xen_platform_check::run_guest(timeout)),
-        Role::Dom0 { domid } => ("dom0", xen_platform_check::run_dom0(domid, timeout)),
+        Role::Dom0 { name } => ("dom0", xen_platform_check::run_dom0(&name, timeout)),
         Role::XsProbe { other, limit } => {
             ("xs-probe", xen_platform_check::run_xs_probe(other, limit))
         }

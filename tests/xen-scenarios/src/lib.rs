@@ -24,8 +24,7 @@
 //! let guest = host.xl_create(
 //!     &GuestConfig::new("check", GuestKind::Pvh, GuestKernel::Linux61).with_ramdisk(&initrd),
 //! )?;
-//! let domid = host.domid("check")?;
-//! let dom0 = host.spawn(&format!("rxen-platform-check dom0 --domid {domid}"))?;
+//! let dom0 = host.spawn("rxen-platform-check dom0 --name check")?;
 //! let in_guest = host.wait_guest_line(&guest, "RXEN-CHECK guest", Duration::from_secs(300))?;
 //! let in_dom0 = host.wait_job(&dom0, Duration::from_secs(300))?;
 //! assert!(in_guest.line.ends_with("PASS") && in_dom0.stdout.contains("RXEN-CHECK dom0 PASS"));

@@ -185,8 +185,7 @@ fn project_platform_between_dom0_and_guests(h: &mut XenHost, figures: &mut Figur
     let mut running = Vec::new();
     for cfg in &guests {
         let guest = h.xl_create(cfg)?;
-        let domid = h.domid(&guest.name)?;
-        let job = h.spawn(&format!("{CHECK_BIN} dom0 --domid {domid} --timeout 240"))?;
+        let job = h.spawn(&format!("{CHECK_BIN} dom0 --name {} --timeout 240", guest.name))?;
         running.push((guest, job));
     }
     let mut results = Vec::new();
