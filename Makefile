@@ -49,8 +49,12 @@ demo: xen-host
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p xen-harness --bin rxen-demo
 
-bench: deps
+# Loopback data-path benchmarks, then daemons and backends side by side
+# with their C peers on the Xen test host.
+bench: xen-host
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p rxen-bench
+	$(CARGO) bench -p xen-scenarios --bench xenstored
 
 fuzz: deps
 	./scripts/fuzz.sh long

@@ -4,3 +4,4 @@
 //! channel notification.
 
 pub mod spsc;
+pub mod xs;

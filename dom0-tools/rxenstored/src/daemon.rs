@@ -370,7 +370,14 @@ impl<P: Platform> Daemon<P> {
                     eof = true;
                     break;
                 }
-                Ok(n) => conn.frames.push(&buf[..n]),
+                Ok(n) => {
+                    conn.frames.push(&buf[..n]);
+                    // A short read drained the socket: save the read that
+                    // would only say EAGAIN (poll reports any more).
+                    if n < buf.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -693,8 +700,8 @@ impl<P: Platform> Daemon<P> {
             Transport::Socket(s) => {
                 let mut broken = false;
                 while !conn.out.is_empty() {
-                    let (a, _) = conn.out.as_slices();
-                    match s.write(a) {
+                    // One write for all queued replies and events.
+                    match s.write(conn.out.make_contiguous()) {
                         Ok(0) => {
                             broken = true;
                             break;

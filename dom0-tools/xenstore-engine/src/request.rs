@@ -303,11 +303,7 @@ pub fn dispatch(
     Ok(match answer {
         Answer::Ok => OK.to_vec(),
         Answer::Value(v) => v,
-        Answer::Names(names) => {
-            let mut body = Vec::new();
-            for n in names {
-                push_str(&mut body, &n);
-            }
+        Answer::Names(body) => {
             if body.len() > XENSTORE_PAYLOAD_MAX {
                 return Err(Errno(libc::E2BIG));
             }

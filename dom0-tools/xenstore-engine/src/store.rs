@@ -18,6 +18,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
 use hypercall_abi::platform::{XsPerm, XsPermAccess};
 use hypercall_abi::xen::xs_wire::{XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX};
 use hypercall_abi::xen::DomId;
@@ -153,7 +158,12 @@ struct TxLog {
 
 #[derive(Debug, Clone)]
 struct Tree {
-    nodes: BTreeMap<String, Node>,
+    /// A persistent map: a transaction's snapshot is an O(1) clone that
+    /// shares every node it does not change. Keys and nodes are shared
+    /// pointers, so that copying a changed map chunk copies no strings.
+    nodes: OrdMap<Arc<str>, Arc<Node>>,
+    /// Nodes owned, per domain (for the `nodes` quota).
+    owned: HashMap<DomId, usize>,
     next_generation: u64,
     /// Set on a transaction's snapshot.
     log: Option<TxLog>,
@@ -299,22 +309,23 @@ impl Tree {
     }
 
     fn new() -> Self {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = OrdMap::new();
         let root_perms = vec![XsPerm {
             domid: 0,
             access: XsPermAccess::None,
         }];
         nodes.insert(
-            "/".to_owned(),
-            Node {
+            Arc::from("/"),
+            Arc::new(Node {
                 value: Vec::new(),
                 perms: root_perms,
                 children: BTreeSet::new(),
                 generation: 0,
-            },
+            }),
         );
         Tree {
             nodes,
+            owned: HashMap::from([(0, 1)]),
             next_generation: 1,
             log: None,
             changes: Vec::new(),
@@ -376,13 +387,15 @@ impl Tree {
         Ok(self.get(domid, path, Need::Read)?.value.clone())
     }
 
-    fn directory(&mut self, domid: DomId, path: &str) -> Result<Vec<String>, Errno> {
-        Ok(self
-            .get(domid, path, Need::Read)?
-            .children
-            .iter()
-            .cloned()
-            .collect())
+    /// The children's names, each NUL-terminated (the wire form).
+    fn directory(&mut self, domid: DomId, path: &str) -> Result<Vec<u8>, Errno> {
+        let children = &self.get(domid, path, Need::Read)?.children;
+        let mut out = Vec::with_capacity(children.iter().map(|c| c.len() + 1).sum());
+        for c in children {
+            out.extend_from_slice(c.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
     }
 
     fn directory_generation(
@@ -399,10 +412,35 @@ impl Tree {
     }
 
     fn owned_by(&self, domid: DomId) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.perms.first().is_some_and(|o| o.domid == domid))
-            .count()
+        self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn count_owner(&mut self, node: Option<&Node>, delta: isize) {
+        if let Some(owner) = node.and_then(|n| n.perms.first()).map(|o| o.domid) {
+            let n = self.owned.entry(owner).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+
+    /// Puts `node` at `path`, keeping the per-domain counts.
+    fn put(&mut self, path: &str, node: Arc<Node>) {
+        self.count_owner(Some(&node), 1);
+        let old = self.nodes.insert(Arc::from(path), node);
+        self.count_owner(old.as_deref(), -1);
+    }
+
+    /// The node at `path`, to change (copied first if a snapshot shares it).
+    fn node_mut(&mut self, path: &str) -> Option<&mut Node> {
+        self.nodes.get_mut(path).map(Arc::make_mut)
+    }
+
+    /// Removes the node at `path`, keeping the per-domain counts.
+    fn take(&mut self, path: &str) {
+        let old = self.nodes.remove(path);
+        self.count_owner(old.as_deref(), -1);
     }
 
     /// Creates `path` and any missing ancestors, if the caller may write
@@ -424,7 +462,7 @@ impl Tree {
         };
         let base_perms = self
             .nodes
-            .get(&base)
+            .get(base.as_str())
             .map(|n| n.perms.clone())
             .unwrap_or_default();
         if !self.allowed(&base_perms, domid, Need::Write) {
@@ -454,18 +492,18 @@ impl Tree {
         for p in missing.into_iter().rev() {
             let generation = self.stamp();
             self.touch(&p);
-            self.nodes.insert(
-                p.clone(),
-                Node {
+            self.put(
+                &p,
+                Arc::new(Node {
                     value: Vec::new(),
                     perms: perms.clone(),
                     children: BTreeSet::new(),
                     generation,
-                },
+                }),
             );
             self.mark_dirty(&p);
             let generation = self.stamp();
-            if let Some(par) = self.nodes.get_mut(&parent_path) {
+            if let Some(par) = self.node_mut(&parent_path) {
                 par.children.insert(basename(&p).to_owned());
                 par.generation = generation;
             }
@@ -485,7 +523,7 @@ impl Tree {
         }
         self.get(domid, path, Need::Write)?;
         let generation = self.stamp();
-        let Some(node) = self.nodes.get_mut(path) else {
+        let Some(node) = self.node_mut(path) else {
             return Err(Errno(libc::ENOENT));
         };
         node.value = value.to_vec();
@@ -538,21 +576,21 @@ impl Tree {
         let perms = self.get(domid, path, Need::Write)?.perms.clone();
         let doomed: Vec<String> = self
             .nodes
-            .range(path.to_owned()..)
+            .range::<_, str>((Bound::Included(path), Bound::Unbounded))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(path))
             .filter(|k| is_at_or_below(k, path))
-            .cloned()
+            .map(|k| k.to_string())
             .collect();
         for d in &doomed {
             self.touch(d);
-            self.nodes.remove(d);
+            self.take(d);
             self.mark_dirty(d);
         }
         let par = parent(path).unwrap_or("/").to_owned();
         self.touch(&par);
         let generation = self.stamp();
-        if let Some(p) = self.nodes.get_mut(&par) {
+        if let Some(p) = self.node_mut(&par) {
             p.children.remove(basename(path));
             p.generation = generation;
         }
@@ -579,9 +617,10 @@ impl Tree {
             return Err(Errno(libc::ENOSPC));
         }
         let generation = self.stamp();
-        if let Some(n) = self.nodes.get_mut(path) {
+        if let Some(mut n) = self.nodes.get(path).map(|n| Node::clone(n)) {
             n.perms = perms.clone();
             n.generation = generation;
+            self.put(path, Arc::new(n));
         }
         self.mark_dirty(path);
         // Both those who could see the node and those who now can are told.
@@ -613,7 +652,8 @@ pub enum Op<'a> {
 pub enum Answer {
     Ok,
     Value(Vec<u8>),
-    Names(Vec<String>),
+    /// Children's names, each NUL-terminated (the wire form).
+    Names(Vec<u8>),
     /// A listing and the node's generation.
     NamesAt(u64, Vec<String>),
     /// A ready reply payload.
@@ -735,20 +775,18 @@ impl Store {
         let conflict = log
             .seen
             .iter()
-            .any(|(path, g)| self.tree.nodes.get(path).map(|n| n.generation) != *g);
+            .any(|(path, g)| self.tree.nodes.get(path.as_str()).map(|n| n.generation) != *g);
         if conflict {
             return Err(Errno(libc::EAGAIN));
         }
         for path in &log.dirty {
-            match nodes.get(path) {
+            match nodes.get(path.as_str()) {
                 Some(n) => {
-                    let mut n = n.clone();
+                    let mut n = Node::clone(n);
                     n.generation = self.tree.stamp();
-                    self.tree.nodes.insert(path.clone(), n);
+                    self.tree.put(path, Arc::new(n));
                 }
-                None => {
-                    self.tree.nodes.remove(path);
-                }
+                None => self.tree.take(path),
             }
         }
         self.tree.changes.extend(changes);
@@ -1005,7 +1043,7 @@ mod tests {
         );
         assert_eq!(
             s.op(DOM1, 0, Op::Directory("device/vif")).unwrap(),
-            Answer::Names(vec!["0".into()])
+            Answer::Names(b"0\0".to_vec())
         );
         s.op(DOM1, 0, Op::Rm("device")).unwrap();
         assert_eq!(
@@ -1096,6 +1134,66 @@ mod tests {
             }
         }
         assert_eq!(failed, Some(Errno(libc::ENOSPC)));
+    }
+
+    /// The per-domain node counts kept incrementally match a recount.
+    fn assert_owner_counts(s: &Store) {
+        let mut counted: HashMap<DomId, usize> = HashMap::new();
+        for n in s.tree.nodes.values() {
+            *counted.entry(n.perms[0].domid).or_default() += 1;
+        }
+        assert_eq!(s.tree.owned, counted);
+    }
+
+    #[test]
+    fn owner_counts_follow_random_operations_and_commits() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut s = store();
+        let callers = [DOM0, DOM1, DOM2];
+        let mut open: Vec<(Caller, u32)> = Vec::new();
+        for _ in 0..5000 {
+            let caller = callers[rng.gen_range(0..3)];
+            let path = format!(
+                "/local/domain/{}/{}/{}",
+                rng.gen_range(0..3),
+                rng.gen_range(0..4),
+                rng.gen_range(0..4)
+            );
+            let tx = match rng.gen_range(0..10) {
+                0 => {
+                    if let Ok(t) = s.transaction_start(caller) {
+                        open.push((caller, t));
+                    }
+                    continue;
+                }
+                1 if !open.is_empty() => {
+                    let (c, t) = open.swap_remove(rng.gen_range(0..open.len()));
+                    let _ = s.transaction_end(c, t, rng.gen_bool(0.8));
+                    assert_owner_counts(&s);
+                    continue;
+                }
+                2 | 3 if !open.is_empty() => {
+                    let (c, t) = open[rng.gen_range(0..open.len())];
+                    if c.conn != caller.conn {
+                        continue;
+                    }
+                    t
+                }
+                _ => 0,
+            };
+            let _ = match rng.gen_range(0..4) {
+                0 => s.op(caller, tx, Op::Write(&path, b"v")),
+                1 => s.op(caller, tx, Op::Mkdir(&path)),
+                2 => s.op(caller, tx, Op::Rm(&path[..path.len() - 2])),
+                _ => s.op(
+                    caller,
+                    tx,
+                    Op::SetPerms(&path, vec![perm(rng.gen_range(0..3), XsPermAccess::Read)]),
+                ),
+            };
+            assert_owner_counts(&s);
+        }
     }
 
     #[test]
