@@ -46,6 +46,10 @@ GUEST612_VER=$(candidate "$GUEST612_PKG")
 BUSYBOX_VER=$(candidate busybox-static)
 LIBC_VER=$(candidate libc6)
 LIBGCC_VER=$(candidate libgcc-s1)
+# e2fsprogs in guests: make, check and mount ext4 on a PV disk.
+GUEST_E2FS_DEBS="e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1"
+GUEST_E2FS_VERS=""
+for p in $GUEST_E2FS_DEBS; do GUEST_E2FS_VERS="$GUEST_E2FS_VERS $p=$(candidate "$p")"; done
 DOM0_KVER=${DOM0_PKG#linux-image-}
 GUEST61_KVER=${GUEST61_PKG#linux-image-}
 GUEST612_KVER=${GUEST612_PKG#linux-image-}
@@ -132,6 +136,21 @@ build_guest() {
     done
     cp -L "$libgcc/lib/x86_64-linux-gnu/libgcc_s.so.1" "$root/lib/x86_64-linux-gnu/"
     ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/ld-linux-x86-64.so.2"
+    # e2fsprogs: mke2fs and e2fsck with the libraries they link.
+    for m in $GUEST_E2FS_VERS; do
+        k=$(extract_deb "${m%%=*}" "${m#*=}")
+        for f in "$k"/sbin/mke2fs "$k"/sbin/e2fsck "$k"/etc/mke2fs.conf \
+                 "$k"/lib/x86_64-linux-gnu/lib*.so.* "$k"/usr/lib/x86_64-linux-gnu/lib*.so.*; do
+            [ -e "$f" ] || continue
+            case $f in
+            */sbin/*) install -m 0755 "$f" "$root/sbin/" ;;
+            */etc/*) install -m 0644 "$f" "$root/etc/" ;;
+            *) cp -L "$f" "$root/lib/x86_64-linux-gnu/" ;;
+            esac
+        done
+    done
+    for m in mkfs.ext4 mkfs.ext2; do ln -sf mke2fs "$root/sbin/$m"; done
+    ln -sf e2fsck "$root/sbin/fsck.ext4"
 
     for kver_var in GUEST61 GUEST612; do
         kpkg=${kver_var}_PKG; kpkg=${!kpkg}
@@ -186,7 +205,7 @@ XEN_KEY=$(recipe_key build_xen "$XEN_VER")
 DOM0_KEY=$(recipe_key build_dom0 "$XEN_UTILS_VER" "$DOM0_PKG=$DOM0_VER" "$SUITE" \
     "$DOM0_MODULES" "$DOM0_PACKAGES" "$(hash_files "$HERE/lib.sh" "$HERE/dom0/init" "$HERE/dom0/rxen-agent")")
 GUEST_KEY=$(recipe_key build_guest "$GUEST61_PKG=$GUEST61_VER" "$GUEST612_PKG=$GUEST612_VER" \
-    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
+    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_E2FS_VERS" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
 DISK_KEY=$(recipe_key build_disk)
 
 cached xen "$XEN_KEY" build_xen; XEN_OUT=$REPLY
