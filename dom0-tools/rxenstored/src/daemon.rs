@@ -9,6 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use hypercall_abi::platform::XsPerm;
 use hypercall_abi::xen::xs_wire::{
     XsType, XsdSockmsg, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_RECONNECT,
 };
@@ -443,6 +444,11 @@ impl<P: Platform> Daemon<P> {
             )
         );
         if !managed {
+            if ty == Some(XsType::SetPerms) {
+                if let Err(e) = self.check_new_owner(caller, payload) {
+                    return error_message(h, e);
+                }
+            }
             return handle(&mut self.store, caller, h, payload);
         }
         let result = if caller.domid != 0 {
@@ -460,6 +466,42 @@ impl<P: Platform> Daemon<P> {
             Ok(body) => message(h.type_, h.req_id, h.tx_id, &body),
             Err(e) => error_message(h, e),
         }
+    }
+
+    /// `XS_SET_PERMS`, before the engine runs it: as C xenstored, refuses
+    /// with `ENOENT` a new owner (the first permission) that is neither
+    /// dom0 nor an introduced domain and that Xen says does not exist.
+    /// Other entries may name missing domains (C xenstored keeps them and
+    /// ignores them when checking access).
+    fn check_new_owner(&self, caller: Caller, payload: &[u8]) -> Result<(), Errno> {
+        let Some(owner) = self.new_owner(caller, payload) else {
+            return Ok(());
+        };
+        if owner == 0 || self.store.is_introduced(owner) || self.platform.domain_exists(owner) {
+            return Ok(());
+        }
+        log::debug!(
+            "XS_SET_PERMS from domain {}: new owner {owner} does not exist",
+            caller.domid
+        );
+        Err(Errno(libc::ENOENT))
+    }
+
+    /// The owner an `XS_SET_PERMS` payload names, or `None` if the engine
+    /// refuses the request before looking at domains, as C xenstored does:
+    /// no permissions or a malformed one (`EINVAL`), or more than a guest
+    /// may set.
+    fn new_owner(&self, caller: Caller, payload: &[u8]) -> Option<DomId> {
+        let strings = args(payload).ok()?;
+        let (_path, perms) = strings.split_first()?;
+        if caller.domid != 0 && perms.len() > self.store.quotas().perms_per_node {
+            return None;
+        }
+        let perms = perms
+            .iter()
+            .map(|p| p.parse::<XsPerm>().ok())
+            .collect::<Option<Vec<_>>>()?;
+        perms.first().map(|owner| owner.domid)
     }
 
     fn introduce(&mut self, payload: &[u8]) -> Result<Vec<u8>, Errno> {

@@ -1,6 +1,6 @@
 //! What the daemon needs from Xen: map a domain's ring page, bind and
-//! signal event channels. [`LinuxXen`] does it through `/dev/xen/*`;
-//! tests supply their own.
+//! signal event channels, ask whether a domain exists. [`LinuxXen`] does
+//! it through `/dev/xen/*`; tests supply their own.
 
 use std::os::fd::BorrowedFd;
 
@@ -69,6 +69,15 @@ pub trait Platform {
     fn connected(&self, _port: EvtchnPort, _domid: DomId) -> bool {
         true
     }
+    /// Whether domain `domid` exists, introduced or not (C xenstored asks
+    /// Xen with `xc_domain_getinfo` before accepting a domain as the new
+    /// owner of a node in `XS_SET_PERMS`).
+    ///
+    /// If asking Xen fails, the answer is `false`, as C xenstored's: an
+    /// owner id that names no domain could later be given to a new
+    /// domain, which would then own the node. A platform with no
+    /// hypervisor to ask answers `true`.
+    fn domain_exists(&self, domid: DomId) -> bool;
 }
 
 /// Xen through Linux's `/dev/xen` devices.
@@ -88,7 +97,11 @@ impl LinuxXen {
             .map_err(|e| log::warn!("{e}; mapping rings by frame number instead"))
             .ok();
         let privcmd = Privcmd::open()
-            .map_err(|e| log::warn!("{e}; mapping rings by grant only"))
+            .map_err(|e| {
+                log::warn!(
+                    "{e}; mapping rings by grant only, and accepting any domain as a node owner"
+                )
+            })
             .ok();
         Ok(Self {
             evtchn,
@@ -194,9 +207,30 @@ impl Platform for LinuxXen {
             }
         }
     }
+
+    fn domain_exists(&self, domid: DomId) -> bool {
+        let Some(privcmd) = &self.privcmd else {
+            // Nothing to ask (warned at start-up): accept, as without
+            // this check.
+            return true;
+        };
+        match privcmd.domain_info(domid) {
+            Ok(info) => info.is_some(),
+            Err(e) => {
+                log::warn!(
+                    "cannot ask Xen whether domain {domid} exists: {e}; taking it as absent"
+                );
+                false
+            }
+        }
+    }
 }
 
 /// No Xen: socket clients only (for tests and development).
+///
+/// With no hypervisor to ask, every domain id is taken to exist, so that
+/// tools may make any domain a node's owner, as they could before
+/// [`Platform::domain_exists`].
 #[derive(Debug, Default)]
 pub struct NoXen;
 
@@ -220,5 +254,8 @@ impl Platform for NoXen {
     fn unmask(&self, _: EvtchnPort) {}
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         None
+    }
+    fn domain_exists(&self, _: DomId) -> bool {
+        true
     }
 }

@@ -36,6 +36,8 @@ struct TestXen {
     notified: std::cell::RefCell<Vec<EvtchnPort>>,
     /// Domains whose event channels Xen has closed (dying).
     dead: Vec<DomId>,
+    /// Domains Xen has, introduced or not (dom0 need not be listed).
+    existing: Vec<DomId>,
 }
 
 impl Platform for TestXen {
@@ -60,6 +62,9 @@ impl Platform for TestXen {
     }
     fn connected(&self, _: EvtchnPort, domid: DomId) -> bool {
         !self.dead.contains(&domid)
+    }
+    fn domain_exists(&self, domid: DomId) -> bool {
+        self.existing.contains(&domid)
     }
 }
 
@@ -481,4 +486,93 @@ fn random_ring_traffic_never_panics() {
         guest.consume();
     }
     assert_eq!(dom0.call(&mut d, XsType::Write, b"/ok\0yes"), b"OK\0");
+}
+
+fn daemon_with_dom0(name: &str) -> (Daemon<TestXen>, Raw) {
+    let path = socket_path(name);
+    let mut d = Daemon::new(&path, Quotas::default(), TestXen::default()).unwrap();
+    let mut dom0 = Raw::connect(&mut d, &path);
+    assert_eq!(dom0.call(&mut d, XsType::Write, b"/node\0v"), b"OK\0");
+    (d, dom0)
+}
+
+#[test]
+fn set_perms_refuses_an_owner_that_does_not_exist() {
+    let (mut d, mut dom0) = daemon_with_dom0("perms-missing");
+
+    let reply = dom0.call(&mut d, XsType::SetPerms, b"/node\0b42\0");
+
+    assert_eq!(reply, b"ENOENT\0");
+    assert_eq!(
+        dom0.call(&mut d, XsType::GetPerms, b"/node\0"),
+        b"n0\0",
+        "the node keeps its permissions"
+    );
+}
+
+#[test]
+fn set_perms_accepts_an_owner_xen_has_but_xenstore_does_not_know() {
+    let (mut d, mut dom0) = daemon_with_dom0("perms-existing");
+    // A domain being built: the toolstack writes its nodes before
+    // introducing it.
+    d.platform_mut().existing.push(42);
+
+    let reply = dom0.call(&mut d, XsType::SetPerms, b"/node\0n42\0r0\0");
+
+    assert_eq!(reply, b"OK\0");
+    assert_eq!(
+        dom0.call(&mut d, XsType::GetPerms, b"/node\0"),
+        b"n42\0r0\0"
+    );
+}
+
+#[test]
+fn set_perms_accepts_an_introduced_owner_until_it_is_released() {
+    // Domain 5 is introduced but, to the platform, not there.
+    let (mut d, mut dom0, _guest, _port) = daemon_with_guest("perms-introduced", 5);
+    assert_eq!(dom0.call(&mut d, XsType::Write, b"/node\0v"), b"OK\0");
+
+    let introduced = dom0.call(&mut d, XsType::SetPerms, b"/node\0b5\0");
+    assert_eq!(dom0.call(&mut d, XsType::Release, b"5\0"), b"OK\0");
+    let released = dom0.call(&mut d, XsType::SetPerms, b"/node\0b5\0");
+
+    assert_eq!(introduced, b"OK\0");
+    assert_eq!(released, b"ENOENT\0");
+}
+
+#[test]
+fn set_perms_accepts_missing_domains_after_the_owner() {
+    let (mut d, mut dom0) = daemon_with_dom0("perms-others");
+
+    let reply = dom0.call(&mut d, XsType::SetPerms, b"/node\0n0\0r77\0w78\0");
+
+    assert_eq!(reply, b"OK\0");
+    assert_eq!(
+        dom0.call(&mut d, XsType::GetPerms, b"/node\0"),
+        b"n0\0r77\0w78\0"
+    );
+}
+
+#[test]
+fn set_perms_checks_permission_syntax_before_the_owner() {
+    let (mut d, mut dom0) = daemon_with_dom0("perms-syntax");
+
+    let reply = dom0.call(&mut d, XsType::SetPerms, b"/node\0b42\0x1\0");
+
+    assert_eq!(
+        reply, b"EINVAL\0",
+        "a bad entry is reported, not the missing owner"
+    );
+}
+
+#[test]
+fn set_perms_without_xen_accepts_any_owner() {
+    let path = socket_path("perms-noxen");
+    let mut d = Daemon::new(&path, Quotas::default(), NoXen).unwrap();
+    let mut dom0 = Raw::connect(&mut d, &path);
+    assert_eq!(dom0.call(&mut d, XsType::Write, b"/node\0v"), b"OK\0");
+
+    let reply = dom0.call(&mut d, XsType::SetPerms, b"/node\0b42\0");
+
+    assert_eq!(reply, b"OK\0");
 }

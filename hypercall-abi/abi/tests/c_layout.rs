@@ -18,6 +18,7 @@ use std::process::Command;
 
 use hypercall_abi::xen::blkif::*;
 use hypercall_abi::xen::console::*;
+use hypercall_abi::xen::domctl::*;
 use hypercall_abi::xen::event_channel::*;
 use hypercall_abi::xen::grant_table::*;
 use hypercall_abi::xen::hvm_start_info::*;
@@ -26,7 +27,9 @@ use hypercall_abi::xen::memory::*;
 use hypercall_abi::xen::netif::*;
 use hypercall_abi::xen::sched::*;
 use hypercall_abi::xen::start_info::*;
-use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, DOMID_SELF, PAGE_SHIFT, PAGE_SIZE};
+use hypercall_abi::xen::{
+    DomId, EvtchnPort, GrantRef, DOMID_FIRST_RESERVED, DOMID_SELF, PAGE_SHIFT, PAGE_SIZE,
+};
 
 /// The C headers the program includes, in an order that satisfies their
 /// own (undeclared) dependencies.
@@ -40,6 +43,7 @@ const HEADERS: &[&str] = &[
     "xen/grant_table.h",
     "xen/memory.h",
     "xen/sched.h",
+    "xen/domctl.h",
     "xen/arch-x86/hvm/start_info.h",
     "xen/io/ring.h",
     "xen/io/console.h",
@@ -195,6 +199,7 @@ fn hypercall(checks: &mut Checks) {
     );
     checks.constant("__XEN_INTERFACE_VERSION__", XEN_INTERFACE_VERSION);
     checks.constant("DOMID_SELF", DOMID_SELF);
+    checks.constant("DOMID_FIRST_RESERVED", DOMID_FIRST_RESERVED);
     checks.constant("XEN_PAGE_SHIFT", PAGE_SHIFT);
     checks.constant("(1 << XEN_PAGE_SHIFT)", PAGE_SIZE);
     consts!(checks,
@@ -512,6 +517,71 @@ fn sched(checks: &mut Checks) {
     layout!(checks, SchedWatchdog => "struct sched_watchdog" { id, timeout });
 }
 
+fn domctl(checks: &mut Checks) {
+    consts!(checks,
+        XEN_DOMCTL_INTERFACE_VERSION,
+        XEN_DOMCTL_GETDOMAININFO => "XEN_DOMCTL_getdomaininfo",
+        XEN_DOMINF_DYING => "XEN_DOMINF_dying",
+        XEN_DOMINF_HVM_GUEST => "XEN_DOMINF_hvm_guest",
+        XEN_DOMINF_SHUTDOWN => "XEN_DOMINF_shutdown",
+        XEN_DOMINF_PAUSED => "XEN_DOMINF_paused",
+        XEN_DOMINF_BLOCKED => "XEN_DOMINF_blocked",
+        XEN_DOMINF_RUNNING => "XEN_DOMINF_running",
+        XEN_DOMINF_DEBUGGED => "XEN_DOMINF_debugged",
+        XEN_DOMINF_XS_DOMAIN => "XEN_DOMINF_xs_domain",
+        XEN_DOMINF_HAP => "XEN_DOMINF_hap",
+        XEN_DOMINF_SHUTDOWNSHIFT => "XEN_DOMINF_shutdownshift",
+        XEN_DOMINF_SHUTDOWNMASK => "XEN_DOMINF_shutdownmask",
+        XEN_INVALID_MAX_VCPU_ID,
+    );
+    for (flag, c_name) in [
+        (DomInfoFlags::DYING, "XEN_DOMINF_dying"),
+        (DomInfoFlags::HVM_GUEST, "XEN_DOMINF_hvm_guest"),
+        (DomInfoFlags::SHUTDOWN, "XEN_DOMINF_shutdown"),
+        (DomInfoFlags::PAUSED, "XEN_DOMINF_paused"),
+        (DomInfoFlags::BLOCKED, "XEN_DOMINF_blocked"),
+        (DomInfoFlags::RUNNING, "XEN_DOMINF_running"),
+        (DomInfoFlags::DEBUGGED, "XEN_DOMINF_debugged"),
+        (DomInfoFlags::XS_DOMAIN, "XEN_DOMINF_xs_domain"),
+        (DomInfoFlags::HAP, "XEN_DOMINF_hap"),
+    ] {
+        checks.constant(c_name, flag.bits());
+    }
+    checks.constant(
+        "sizeof(((struct xen_domctl *)0)->u.pad)",
+        XEN_DOMCTL_UNION_SIZE,
+    );
+    checks.ty(
+        "xen_domain_handle_t",
+        field_size(|v: &XenDomctlGetdomaininfo| &v.handle),
+        align_of::<u8>(),
+    );
+
+    layout!(checks, XenArchDomainconfig => "struct xen_arch_domainconfig" {
+        emulation_flags, misc_flags,
+    });
+    layout!(checks, XenDomctlGetdomaininfo => "struct xen_domctl_getdomaininfo" {
+        domain, pad1, flags, tot_pages, max_pages, outstanding_pages, shr_pages, paged_pages,
+        shared_info_frame, cpu_time, nr_online_vcpus, max_vcpu_id, ssidref, handle, cpupool,
+        gpaddr_bits, pad2, arch_config,
+    });
+    layout!(checks, XenDomctl => "struct xen_domctl" {
+        cmd, interface_version, domain, _pad, u,
+    });
+    union_member!(checks, XenDomctl, u => XenDomctlGetdomaininfo {
+        domain => "u.getdomaininfo.domain",
+        flags => "u.getdomaininfo.flags",
+        tot_pages => "u.getdomaininfo.tot_pages",
+        cpu_time => "u.getdomaininfo.cpu_time",
+        handle => "u.getdomaininfo.handle",
+        arch_config => "u.getdomaininfo.arch_config",
+    } in "struct xen_domctl");
+    checks.constant(
+        "sizeof(((struct xen_domctl *)0)->u.getdomaininfo)",
+        size_of::<XenDomctlGetdomaininfo>(),
+    );
+}
+
 fn console(checks: &mut Checks) {
     consts!(checks, CONSOLEIO_WRITE => "CONSOLEIO_write", CONSOLEIO_READ => "CONSOLEIO_read");
     enum_values!(checks, ConsoleIoOp);
@@ -798,6 +868,7 @@ fn rust_abi_matches_xen_c_headers() {
     grant_table(&mut checks);
     memory(&mut checks);
     sched(&mut checks);
+    domctl(&mut checks);
     console(&mut checks);
     start_info(&mut checks);
     hvm_start_info(&mut checks);

@@ -10,10 +10,13 @@ use std::os::fd::AsFd;
 use std::sync::{Mutex, MutexGuard};
 
 use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
+use hypercall_abi::xen::domctl::{XenDomctl, XenDomctlGetdomaininfo};
 use hypercall_abi::xen::event_channel::{EvtchnBinding, EvtchnStatus, EVTCHNOP_STATUS};
 use hypercall_abi::xen::grant_table::{GnttabQuerySize, GNTST_OKAY, GNTTABOP_QUERY_SIZE};
-use hypercall_abi::xen::hypercall::{HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP};
-use hypercall_abi::xen::{DomId, EvtchnPort, PAGE_SIZE};
+use hypercall_abi::xen::hypercall::{
+    HYPERVISOR_DOMCTL, HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP,
+};
+use hypercall_abi::xen::{DomId, EvtchnPort, DOMID_FIRST_RESERVED, PAGE_SIZE};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{open_device, OpenError};
@@ -203,6 +206,37 @@ impl Privcmd {
         })
     }
 
+    /// The state of domain `dom` (`XEN_DOMCTL_getdomaininfo`, what
+    /// `xc_domain_getinfo_single` does), or `None` if there is no such
+    /// domain.
+    ///
+    /// Xen 4.17 answers for the first existing domain whose id is at least
+    /// `dom` (4.18 fails with `ESRCH` instead), and refuses reserved ids
+    /// such as `DOMID_SELF` with `EINVAL`: both mean `None` here, as a
+    /// different domain in the reply or `ESRCH` do. Other failures (e.g.
+    /// `EPERM` outside dom0, `EACCES` from a Xen whose domctl interface is
+    /// not 4.17's) are errors.
+    pub fn domain_info(&self, dom: DomId) -> Result<Option<XenDomctlGetdomaininfo>, PrivcmdError> {
+        if dom >= DOMID_FIRST_RESERVED {
+            return Ok(None);
+        }
+        self.with_buffer(|buf| {
+            let mem = buf.memory();
+            mem.write_obj(0, &XenDomctl::getdomaininfo(dom))?;
+            let args = [buf.addr(), 0, 0, 0, 0];
+            // SAFETY: __HYPERVISOR_domctl takes one `xen_domctl`, which Xen
+            // reads and, for XEN_DOMCTL_getdomaininfo, writes back in the
+            // hypercall buffer at `buf.addr()`.
+            match unsafe { self.hypercall(HYPERVISOR_DOMCTL, args) } {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+                Err(source) => return Err(PrivcmdError::Hypercall { op: "XEN_DOMCTL_getdomaininfo", source }),
+            }
+            let reply: XenDomctl = mem.read_obj(0)?;
+            Ok(domain_info_reply(dom, &reply))
+        })
+    }
+
     /// Limits this handle to operations on `domid` from now on
     /// (`xencall`'s restrict, for a deprivileged device model).
     pub fn restrict(&self, domid: DomId) -> Result<(), PrivcmdError> {
@@ -266,6 +300,14 @@ impl Privcmd {
     }
 }
 
+/// The information in a successful `XEN_DOMCTL_getdomaininfo` reply, if
+/// it describes domain `dom` (Xen 4.17 describes the next one up when
+/// `dom` does not exist).
+fn domain_info_reply(dom: DomId, reply: &XenDomctl) -> Option<XenDomctlGetdomaininfo> {
+    let info = reply.getdomaininfo_result();
+    (info.domain == dom).then_some(info)
+}
+
 /// Another domain's memory mapped through [`Privcmd`]. Dropping it unmaps it.
 #[derive(Debug)]
 pub struct ForeignMapping {
@@ -281,6 +323,8 @@ impl ForeignMapping {
 
 #[cfg(test)]
 mod tests {
+    use zerocopy::IntoBytes;
+
     use super::*;
 
     #[test]
@@ -292,6 +336,40 @@ mod tests {
         let err = Privcmd::open().unwrap_err();
 
         assert!(matches!(err, OpenError::NotFound { path: "/dev/xen/privcmd", driver: "xen-privcmd" }), "{err:?}");
+    }
+
+    fn reply_for(domain: DomId) -> XenDomctl {
+        let mut reply = XenDomctl::getdomaininfo(domain);
+        let info = XenDomctlGetdomaininfo { domain, tot_pages: 256, ..Default::default() };
+        reply.u.as_mut_bytes()[..std::mem::size_of::<XenDomctlGetdomaininfo>()].copy_from_slice(info.as_bytes());
+        reply
+    }
+
+    #[test]
+    fn domain_info_reply_for_the_asked_domain_is_kept() {
+        let reply = reply_for(4);
+
+        let info = domain_info_reply(4, &reply);
+
+        assert_eq!(info.map(|i| (i.domain, i.tot_pages)), Some((4, 256)));
+    }
+
+    #[test]
+    fn domain_info_reply_for_the_next_domain_up_means_none() {
+        // Xen 4.17 asked for domain 3 when only 0 and 4 exist.
+        let reply = reply_for(4);
+
+        assert_eq!(domain_info_reply(3, &reply), None);
+    }
+
+    #[test]
+    fn domain_info_of_a_reserved_id_is_none() {
+        let Ok(privcmd) = Privcmd::open() else {
+            return; // Needs only the handle, but that needs Xen.
+        };
+
+        assert!(matches!(privcmd.domain_info(DOMID_FIRST_RESERVED), Ok(None)));
+        assert!(matches!(privcmd.domain_info(u16::MAX), Ok(None)));
     }
 
     #[test]

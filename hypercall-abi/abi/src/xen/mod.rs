@@ -7,6 +7,7 @@
 
 pub mod blkif;
 pub mod console;
+pub mod domctl;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hvm_start_info;
@@ -19,6 +20,9 @@ pub mod xs_wire;
 
 /// A domain identifier (`domid_t`).
 pub type DomId = u16;
+/// `DOMID_FIRST_RESERVED`: ids from here on name no real domain but
+/// special ones (`DOMID_SELF`, `DOMID_IO`, ...).
+pub const DOMID_FIRST_RESERVED: DomId = 0x7FF0;
 /// The calling domain (`DOMID_SELF`).
 pub const DOMID_SELF: DomId = 0x7FF0;
 /// The first domain, dom0.
