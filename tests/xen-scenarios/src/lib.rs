@@ -71,6 +71,15 @@ impl Figures {
     }
 }
 
+/// A failed check with `msg` unless `cond` holds.
+pub fn ensure(cond: bool, msg: String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(xen_harness::Error::Check(msg))
+    }
+}
+
 /// Boots a host for a suite and records its boot time.
 pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
     let start = Instant::now();

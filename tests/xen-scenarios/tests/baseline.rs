@@ -11,7 +11,7 @@ use xen_harness::cpio::Archive;
 use xen_harness::{
     project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost,
 };
-use xen_scenarios::{boot, init_logging, xenstore_clients_match_golden, Figures};
+use xen_scenarios::{ensure, boot, init_logging, xenstore_clients_match_golden, Figures};
 
 /// Time allowed for guests to reach userspace (software emulation, two
 /// guests sharing two host CPUs with dom0).
@@ -243,12 +243,4 @@ fn project_platform_between_dom0_and_guests(h: &mut XenHost, figures: &mut Figur
         ensure(gone.trim() == "gone", format!("{} did not go away after powering off", guest.name))?;
     }
     Ok(())
-}
-
-fn ensure(cond: bool, msg: String) -> Result<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(xen_harness::Error::Check(msg))
-    }
 }

@@ -16,7 +16,7 @@ use xen_harness::cpio::Archive;
 use xen_harness::{
     project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost,
 };
-use xen_scenarios::{boot, init_logging, xenstore_clients_match_golden, Figures};
+use xen_scenarios::{ensure, boot, init_logging, xenstore_clients_match_golden, Figures};
 
 /// Time allowed for guests to reach userspace (software emulation).
 const GUEST_UP: Duration = Duration::from_secs(300);
@@ -299,12 +299,4 @@ fn test_xenstore(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
             out.status, out.stdout
         ),
     )
-}
-
-fn ensure(cond: bool, msg: String) -> Result<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(xen_harness::Error::Check(msg))
-    }
 }

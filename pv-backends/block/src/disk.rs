@@ -1,0 +1,408 @@
+//! The storage behind a virtual block device.
+//!
+//! [`Disk`] is what the request handler needs from storage: byte-addressed
+//! reads and writes, a cache flush, discard, and the geometry the xenbus
+//! handshake advertises. [`RawDisk`] serves a raw image file or a host
+//! block device; [`MemDisk`] keeps the disk in memory (tests, fuzzing).
+//! Image formats (qcow2, overlays) would be further implementations.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use crate::sys;
+
+/// Why a disk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// Opening or inspecting the image failed.
+    #[error("cannot open {path}: {source}; check that it exists and that rblkback may open it")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image is neither a regular file nor a block device.
+    #[error("{0} is neither a regular file nor a block device")]
+    NotADisk(PathBuf),
+    /// The logical sector size asked for is not 512 or 4096, or the image
+    /// size is not a multiple of it.
+    #[error("{0}")]
+    Geometry(String),
+    /// An I/O system call failed.
+    #[error("{op} of {len} bytes at byte {offset} failed: {source}")]
+    Io {
+        /// `"read"`, `"write"`, `"flush"` or `"discard"`.
+        op: &'static str,
+        /// Byte offset on the disk.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A write, flush or discard on a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// The range lies beyond the end of the disk.
+    #[error("{len} bytes at byte {offset} lie beyond the {size}-byte disk")]
+    OutOfRange {
+        /// Byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Disk size in bytes.
+        size: u64,
+    },
+    /// The storage cannot discard.
+    #[error("the disk does not support discard")]
+    DiscardUnsupported,
+}
+
+/// Storage for a virtual block device. Offsets and lengths are in bytes;
+/// the request handler only passes ranges it checked against
+/// [`size`](Disk::size) and, for writes, [`read_only`](Disk::read_only).
+pub trait Disk: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Logical sector size advertised to the frontend: 512 or 4096.
+    fn sector_size(&self) -> u32;
+    /// Physical sector size advertised to the frontend.
+    fn physical_sector_size(&self) -> u32 {
+        self.sector_size()
+    }
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// Whether [`discard`](Disk::discard) can work.
+    fn supports_discard(&self) -> bool;
+    /// Granularity of discards in bytes (`discard-granularity`).
+    fn discard_granularity(&self) -> u32 {
+        self.sector_size()
+    }
+    /// Alignment, in bytes, that data buffers and offsets need (O_DIRECT).
+    fn buffer_alignment(&self) -> usize {
+        1
+    }
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError>;
+    /// Makes completed writes durable (`fdatasync`).
+    fn flush(&self) -> Result<(), DiskError>;
+    /// Deallocates `len` bytes at `offset`; they read back as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError>;
+}
+
+/// How to open a [`RawDisk`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDiskOptions {
+    /// Open read-only and refuse writes.
+    pub read_only: bool,
+    /// Bypass the host page cache (`O_DIRECT`).
+    pub direct: bool,
+    /// Logical sector size to advertise; by default the block device's, or
+    /// 512 for a file.
+    pub sector_size: Option<u32>,
+}
+
+/// A raw image: a regular file or a host block device.
+#[derive(Debug)]
+pub struct RawDisk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    sector_size: u32,
+    physical_sector_size: u32,
+    read_only: bool,
+    direct: bool,
+    discard_granularity: u32,
+}
+
+impl RawDisk {
+    /// Opens `path`.
+    pub fn open(path: &Path, options: RawDiskOptions) -> Result<Self, DiskError> {
+        let open_err = |source| DiskError::Open { path: path.to_owned(), source };
+        let mut open = OpenOptions::new();
+        open.read(true).write(!options.read_only);
+        if options.direct {
+            open.custom_flags(libc::O_DIRECT);
+        }
+        let file = open.open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let (size, device_sector, physical, granularity) = if meta.file_type().is_block_device() {
+            let size = sys::block_device_size(&file).map_err(open_err)?;
+            let logical = sys::block_device_logical_block_size(&file).map_err(open_err)?;
+            let physical = sys::block_device_physical_block_size(&file).map_err(open_err)?;
+            (size, logical, physical, logical)
+        } else if meta.file_type().is_file() {
+            // Holes are punched in file system blocks.
+            let block = u32::try_from(meta.blksize()).unwrap_or(4096);
+            (meta.len(), 512, 512, block)
+        } else {
+            return Err(DiskError::NotADisk(path.to_owned()));
+        };
+        let sector_size = options.sector_size.unwrap_or(device_sector);
+        if !matches!(sector_size, 512 | 4096) {
+            return Err(DiskError::Geometry(format!(
+                "logical sector size {sector_size} is not supported; use 512 or 4096"
+            )));
+        }
+        if sector_size < device_sector {
+            return Err(DiskError::Geometry(format!(
+                "{} has {device_sector}-byte sectors; it cannot be served with {sector_size}-byte sectors",
+                path.display()
+            )));
+        }
+        let physical = physical.max(sector_size);
+        Ok(RawDisk {
+            file,
+            path: path.to_owned(),
+            size: size - size % u64::from(sector_size),
+            sector_size,
+            physical_sector_size: physical,
+            read_only: options.read_only,
+            direct: options.direct,
+            discard_granularity: granularity.max(sector_size),
+        })
+    }
+
+    /// The image's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(DiskError::OutOfRange { offset, len, size: self.size }),
+        }
+    }
+}
+
+impl Disk for RawDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        self.physical_sector_size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn supports_discard(&self) -> bool {
+        !self.read_only
+    }
+
+    fn discard_granularity(&self) -> u32 {
+        self.discard_granularity
+    }
+
+    fn buffer_alignment(&self) -> usize {
+        if self.direct {
+            self.sector_size as usize
+        } else {
+            1
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.check(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| DiskError::Io { op: "read", offset, len: buf.len() as u64, source })
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check(offset, buf.len() as u64)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.file.sync_data().map_err(|source| DiskError::Io { op: "flush", offset: 0, len: 0, source })
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        sys::punch_hole(&self.file, offset, len).map_err(|source| match source.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => DiskError::DiscardUnsupported,
+            _ => DiskError::Io { op: "discard", offset, len, source },
+        })
+    }
+}
+
+/// A disk held in memory.
+#[derive(Debug)]
+pub struct MemDisk {
+    data: Mutex<Vec<u8>>,
+    sector_size: u32,
+    read_only: bool,
+}
+
+impl MemDisk {
+    /// A zero-filled disk of `size` bytes (rounded down to sectors).
+    pub fn new(size: usize, sector_size: u32, read_only: bool) -> Self {
+        let size = size - size % sector_size.max(1) as usize;
+        MemDisk { data: Mutex::new(vec![0; size]), sector_size, read_only }
+    }
+
+    /// A copy of `len` bytes at `offset` (zero-filled beyond the end).
+    pub fn contents(&self, offset: usize, len: usize) -> Vec<u8> {
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = vec![0; len];
+        if let Some(src) = data.get(offset..) {
+            let n = src.len().min(len);
+            out[..n].copy_from_slice(&src[..n]);
+        }
+        out
+    }
+
+    fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DiskError> {
+        let size = self.size();
+        let out_of_range = || DiskError::OutOfRange { offset, len: len as u64, size };
+        let start = usize::try_from(offset).map_err(|_| out_of_range())?;
+        match start.checked_add(len) {
+            Some(end) if end as u64 <= size => Ok(start..end),
+            _ => Err(out_of_range()),
+        }
+    }
+}
+
+impl Disk for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner).len() as u64
+    }
+
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn supports_discard(&self) -> bool {
+        !self.read_only
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let range = self.range(offset, buf.len())?;
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        buf.copy_from_slice(&data[range]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        let range = self.range(offset, buf.len())?;
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)[range].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        let len = usize::try_from(len).map_err(|_| DiskError::OutOfRange { offset, len, size: self.size() })?;
+        let range = self.range(offset, len)?;
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)[range].fill(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("rblkback-disk-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn raw_file_reads_writes_discards_and_flushes() {
+        let path = temp_path("rw");
+        std::fs::write(&path, vec![0xaau8; 1 << 20]).unwrap();
+        let disk = RawDisk::open(&path, RawDiskOptions::default()).unwrap();
+
+        disk.write_at(8192, b"hello disk").unwrap();
+        disk.flush().unwrap();
+        let mut buf = [0u8; 10];
+        disk.read_at(8192, &mut buf).unwrap();
+        disk.discard(0, 65536).unwrap();
+        let mut zeroes = vec![1u8; 65536];
+        disk.read_at(0, &mut zeroes).unwrap();
+
+        assert_eq!(&buf, b"hello disk");
+        assert!(zeroes.iter().all(|&b| b == 0), "a discarded range reads back as zeroes");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20, "discard keeps the size");
+        assert_eq!((disk.size(), disk.sector_size(), disk.read_only()), (1 << 20, 512, false));
+        assert!(matches!(disk.read_at((1 << 20) - 4, &mut buf), Err(DiskError::OutOfRange { .. })));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn read_only_raw_file_refuses_changes() {
+        let path = temp_path("ro");
+        std::fs::write(&path, vec![7u8; 4096 * 3 + 100]).unwrap();
+        let disk =
+            RawDisk::open(&path, RawDiskOptions { read_only: true, sector_size: Some(4096), ..Default::default() })
+                .unwrap();
+
+        let mut buf = [0u8; 4];
+        disk.read_at(0, &mut buf).unwrap();
+
+        assert_eq!(buf, [7; 4]);
+        assert_eq!(disk.size(), 4096 * 3, "a partial last sector is not served");
+        assert!(matches!(disk.write_at(0, b"x"), Err(DiskError::ReadOnly)));
+        assert!(matches!(disk.discard(0, 4096), Err(DiskError::ReadOnly)));
+        assert!(matches!(disk.flush(), Err(DiskError::ReadOnly)));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn odd_sector_sizes_and_non_disks_are_refused() {
+        let path = temp_path("geom");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let bad = RawDisk::open(&path, RawDiskOptions { sector_size: Some(1024), ..Default::default() });
+        assert!(matches!(bad, Err(DiskError::Geometry(_))));
+        assert!(matches!(
+            RawDisk::open(&std::env::temp_dir(), RawDiskOptions { read_only: true, ..Default::default() }),
+            Err(DiskError::NotADisk(_)) | Err(DiskError::Open { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

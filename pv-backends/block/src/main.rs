@@ -1,0 +1,138 @@
+//! `rblkback`: serve one virtual block device to one Xen frontend.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use rblkback::{Backend, BackendConfig, LoopbackPlatform, Platform, RawDisk, RawDiskOptions, StopSignal, XenPlatform};
+
+const SYNTAX: &str = "\
+The toolstack must have created the device in xenstore first (as xl
+block-attach does): /local/domain/BACKEND/backend/KIND/DOMID/DEVID with a
+`frontend` node, and the frontend's directory. rblkback then writes the
+device's features and state there, serves the frontend until it closes,
+goes back to InitWait for a reconnect, and exits on SIGTERM/SIGINT (state
+Closed) or when the toolstack sets `online` to 0.
+
+Examples:
+  rblkback --domid 3 --devid 51712 --path /srv/guest.img
+  rblkback --domid 3 --devid 51728 --path /dev/vg0/data --read-only
+  rblkback --platform loopback --loopback-dir /tmp/hv --domid 1 --devid 51712 --path disk.img
+
+Exit codes: 0 stopped or device removed; 1 error.";
+
+/// Where the backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlatformKind {
+    /// Xen, through /dev/xen/{gntdev,evtchn} and xenstored.
+    Xen,
+    /// The xen-loopback hypervisor serving --loopback-dir.
+    Loopback,
+}
+
+/// Serve a raw image file or block device to a Xen guest's xen-blkfront.
+#[derive(Debug, Parser)]
+#[command(name = "rblkback", version, after_help = SYNTAX)]
+struct Cli {
+    /// The frontend's domain id.
+    #[arg(long)]
+    domid: u16,
+    /// The virtual device number (xvda = 51712, xvdb = 51728, ...).
+    #[arg(long)]
+    devid: u32,
+    /// The backend kind in the device's xenstore path
+    /// (/local/domain/BACKEND/backend/KIND/DOMID/DEVID). `vbd` is Xen's
+    /// own, which Linux's in-kernel blkback (xen-blkback) also serves: use
+    /// another kind (e.g. `rvbd`) on a dom0 where that module is loaded.
+    #[arg(long, default_value = "vbd")]
+    kind: String,
+    /// The domain this backend runs in.
+    #[arg(long, default_value_t = 0)]
+    backend_domid: u16,
+    /// The image file or block device to serve.
+    #[arg(long)]
+    path: PathBuf,
+    /// Serve the disk read-only (VDISK_READONLY; writes fail).
+    #[arg(long)]
+    read_only: bool,
+    /// Logical sector size to advertise: 512 or 4096 (default: the
+    /// device's, 512 for files).
+    #[arg(long)]
+    sector_size: Option<u32>,
+    /// Open the image with O_DIRECT, bypassing the host page cache.
+    #[arg(long)]
+    direct: bool,
+    /// Most queues (rings) offered: multi-queue-max-queues.
+    #[arg(long)]
+    max_queues: Option<u32>,
+    /// Most ring pages offered, as a power of two: max-ring-page-order (0-4).
+    #[arg(long, default_value_t = 4)]
+    max_ring_page_order: u32,
+    /// Segments per indirect request offered: feature-max-indirect-segments.
+    #[arg(long, default_value_t = 256)]
+    max_indirect_segments: u32,
+    /// Do not offer persistent grants (feature-persistent = 0).
+    #[arg(long)]
+    no_persistent: bool,
+    /// Persistent grants kept mapped per queue.
+    #[arg(long, default_value_t = rblkback::grants::DEFAULT_MAX_PERSISTENT_GRANTS)]
+    max_persistent_grants: usize,
+    /// The platform.
+    #[arg(long, value_enum, default_value_t = PlatformKind::Xen)]
+    platform: PlatformKind,
+    /// The loopback hypervisor's directory (with --platform loopback).
+    #[arg(long, required_if_eq("platform", "loopback"))]
+    loopback_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Disk(#[from] rblkback::DiskError),
+    #[error(transparent)]
+    Backend(#[from] rblkback::BackendError),
+    #[error(transparent)]
+    Platform(#[from] rblkback::PlatformError),
+    #[error("cannot install the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+}
+
+fn serve<P: Platform>(platform: P, disk: Arc<RawDisk>, cfg: BackendConfig) -> Result<(), MainError> {
+    let stop = StopSignal::on_termination().map_err(MainError::Signal)?;
+    let mut backend = Backend::new(platform, disk, cfg)?;
+    backend.run(stop)?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), MainError> {
+    let disk = Arc::new(RawDisk::open(
+        &cli.path,
+        RawDiskOptions { read_only: cli.read_only, direct: cli.direct, sector_size: cli.sector_size },
+    )?);
+    let mut cfg = BackendConfig::new(cli.backend_domid, cli.domid, cli.devid);
+    cfg.kind = cli.kind;
+    if let Some(max_queues) = cli.max_queues {
+        cfg.max_queues = max_queues;
+    }
+    cfg.max_ring_page_order = cli.max_ring_page_order;
+    cfg.max_indirect_segments = cli.max_indirect_segments;
+    cfg.persistent = !cli.no_persistent;
+    cfg.max_persistent_grants = cli.max_persistent_grants;
+    match (cli.platform, cli.loopback_dir) {
+        (PlatformKind::Loopback, Some(dir)) => serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, disk, cfg),
+        // clap requires --loopback-dir with the loopback platform.
+        (PlatformKind::Loopback, None) | (PlatformKind::Xen, _) => serve(XenPlatform, disk, cfg),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

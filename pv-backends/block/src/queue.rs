@@ -1,0 +1,196 @@
+//! One ring (queue) of a device: its mapped pages, its event channel, and
+//! the loop that serves it on a thread of its own.
+//!
+//! The loop follows `ring.h`: take every request published, serve them,
+//! put the responses, push them with one notify decision
+//! (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`), and sleep on the event channel
+//! only after `RING_FINAL_CHECK_FOR_REQUESTS` found nothing new. A ring the
+//! frontend broke (a producer index beyond what the ring can hold) ends
+//! the loop with an error; the device is then torn down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hypercall_abi::platform::{EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
+use hypercall_abi::ring::{BackRing, RingError, SringIndex};
+use hypercall_abi::xen::blkif::{BlkifRequest, BlkifResponse};
+use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef};
+
+use crate::device::BlockDevice;
+use crate::disk::Disk;
+use crate::stop::StopSignal;
+use crate::sys;
+
+/// How long a queue sleeps after its event channel woke it with nothing
+/// pending.
+const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Why a queue could not be set up or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ring pages could not be mapped.
+    #[error("queue {queue}: mapping ring pages {refs:?} failed: {source}")]
+    MapRing {
+        /// Queue index.
+        queue: u32,
+        /// The ring references.
+        refs: Vec<GrantRef>,
+        /// The grant error.
+        #[source]
+        source: GrantError,
+    },
+    /// The event channel could not be bound or used.
+    #[error("queue {queue}: event channel: {source}")]
+    Evtchn {
+        /// Queue index.
+        queue: u32,
+        /// The event channel error.
+        #[source]
+        source: EvtchnError,
+    },
+    /// The frontend broke the ring protocol.
+    #[error("queue {queue}: {source}")]
+    Ring {
+        /// Queue index.
+        queue: u32,
+        /// The ring error.
+        #[source]
+        source: RingError,
+    },
+    /// Waiting for events failed.
+    #[error("queue {queue}: waiting for events failed: {source}")]
+    Wait {
+        /// Queue index.
+        queue: u32,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A connected queue: ring pages mapped, event channel bound.
+pub struct Queue<G: GrantMap, E: EventChannels> {
+    index: u32,
+    ring: G::Mapped,
+    evtchn: E,
+    port: EvtchnPort,
+}
+
+impl<G: GrantMap, E: EventChannels> std::fmt::Debug for Queue<G, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("index", &self.index).field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl<G: GrantMap, E: EventChannels> Queue<G, E> {
+    /// Maps the ring `refs` of domain `frontend` and binds its event
+    /// channel `remote_port` through `evtchn`, a handle of this queue's own.
+    /// Refuses a ring whose indices already claim more requests than it
+    /// holds (as blkback's `xen_blkif_map`).
+    pub fn connect(
+        index: u32,
+        grants: &G,
+        evtchn: E,
+        frontend: DomId,
+        refs: &[GrantRef],
+        remote_port: EvtchnPort,
+    ) -> Result<Self, QueueError> {
+        let ring = grants
+            .map(frontend, refs, true)
+            .map_err(|source| QueueError::MapRing { queue: index, refs: refs.to_vec(), source })?;
+        {
+            let ring_error = |source| QueueError::Ring { queue: index, source };
+            let mem = ring.memory();
+            let mem = mem.ring_mem().map_err(ring_error)?;
+            let start = mem.load_index(SringIndex::RspProd);
+            let mut back = BackRing::<BlkifRequest, BlkifResponse>::attach(mem, start).map_err(ring_error)?;
+            back.unconsumed_requests().map_err(ring_error)?;
+        }
+        let port = evtchn
+            .bind_interdomain(frontend, remote_port)
+            .map_err(|source| QueueError::Evtchn { queue: index, source })?;
+        Ok(Queue { index, ring, evtchn, port })
+    }
+
+    /// The local port of the queue's event channel.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+
+    /// Serves requests with `device` until `stop` or a broken ring.
+    pub fn run<D: Disk>(self, mut device: BlockDevice<G, D>, stop: &StopSignal) -> Result<(), QueueError> {
+        let queue = self.index;
+        let ring_error = |source| QueueError::Ring { queue, source };
+        let evtchn_error = |source| QueueError::Evtchn { queue, source };
+        let mem = self.ring.memory();
+        let mem = mem.ring_mem().map_err(ring_error)?;
+        let start = mem.load_index(SringIndex::RspProd);
+        let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(mem, start).map_err(ring_error)?;
+        let size = ring.size();
+        let mut batch = Vec::with_capacity(size as usize);
+        log::debug!("queue {queue}: serving a {size}-slot ring on port {}", self.port);
+        loop {
+            if stop.is_stopped() {
+                return Ok(());
+            }
+            // Take every request published, at most a ring's worth, so that
+            // a frontend that keeps pushing cannot starve the responses.
+            batch.clear();
+            while batch.len() < size as usize {
+                match ring.consume_request().map_err(ring_error)? {
+                    Some(request) => batch.push(request),
+                    None => break,
+                }
+            }
+            for request in &batch {
+                let response = device.handle(request);
+                ring.put_response(&response).map_err(ring_error)?;
+            }
+            if !batch.is_empty() {
+                if ring.push_responses_and_check_notify().map_err(ring_error)? {
+                    self.evtchn.notify(self.port).map_err(evtchn_error)?;
+                }
+                continue;
+            }
+            if ring.final_check_for_requests().map_err(ring_error)? {
+                continue;
+            }
+            let [event, stopped] = sys::poll_readable([self.evtchn.fd(), stop.fd()], None)
+                .map_err(|source| QueueError::Wait { queue, source })?;
+            if stopped {
+                return Ok(());
+            }
+            if event {
+                // Take the pending port (masking it) and unmask it at once:
+                // the final check re-armed req_event, so an event from now
+                // on means new requests.
+                let mut woken = false;
+                while let Some(port) = self.evtchn.pending().map_err(evtchn_error)? {
+                    self.evtchn.unmask(port).map_err(evtchn_error)?;
+                    woken = true;
+                }
+                if !woken {
+                    // Readable without a pending port: the peer's end went
+                    // away (a loopback doorbell hangs up). Do not spin while
+                    // the control thread notices and stops this queue.
+                    std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `queue` on a thread of its own.
+pub(crate) fn spawn<G, E, D>(
+    queue: Queue<G, E>,
+    device: BlockDevice<G, D>,
+    stop: Arc<StopSignal>,
+) -> std::io::Result<std::thread::JoinHandle<Result<(), QueueError>>>
+where
+    G: GrantMap + 'static,
+    G::Mapped: 'static,
+    E: EventChannels + 'static,
+    D: Disk + 'static,
+{
+    std::thread::Builder::new().name(format!("rblkback-q{}", queue.index)).spawn(move || queue.run(device, &stop))
+}

@@ -1,0 +1,211 @@
+//! rblkback, the project's userspace block backend, serving Linux's own
+//! xen-blkfront on the real Xen test host: guests with the 6.1 (PVH) and
+//! 6.12 (PV) kernels make ext4 on a disk image rblkback serves, write,
+//! remount and read back their data; dom0 then finds the same data in the
+//! image file. A read-only disk is served read-only. Linux's in-kernel
+//! blkback stays loaded in dom0 throughout: rblkback's devices live under
+//! their own backend kind, so the two never claim each other's devices.
+//!
+//! The device nodes are written the way a toolstack writes them
+//! (`xl block-attach`): backend and frontend directories with their
+//! permissions, then one rblkback process per device.
+//!
+//! One host boot serves every check, run in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use xen_harness::cpio::Archive;
+use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost};
+use xen_scenarios::{boot, ensure, init_logging, Figures};
+
+/// Time allowed for guests to reach userspace and finish their disk work
+/// (software emulation).
+const GUEST_DONE: Duration = Duration::from_secs(420);
+/// rblkback's backend kind: `/local/domain/0/backend/KIND/DOMID/DEVID`.
+const KIND: &str = "rvbd";
+/// xvdb and xvdc as Xen's virtual device numbers.
+const XVDB: u32 = 51728;
+const XVDC: u32 = 51744;
+
+/// The guest's side: waits for each disk named in `rxen_blk` (space
+/// separated, `NAME:rw` or `NAME:ro`), then for a writable disk makes
+/// ext4, writes 16 MiB of random data, remounts after dropping caches and
+/// checks it, and runs fsck; for a read-only disk checks that writing
+/// fails and that the test file on it has the expected checksum.
+const GUEST_SCRIPT: &str = r#"#!/bin/sh
+for spec in $rxen_blk; do
+    name=${spec%%:*}; mode=${spec#*:}; dev=/dev/$name
+    i=0; while [ ! -b $dev ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b $dev ]; then echo "RXEN-BLK $name FAIL no device"; continue; fi
+    echo "RXEN-BLK $name size=$(cat /sys/block/$name/size) ro=$(cat /sys/block/$name/ro)"
+    mkdir -p /mnt/$name
+    if [ "$mode" = ro ]; then
+        if dd if=/dev/zero of=$dev bs=4096 count=1 conv=fsync 2>/dev/null; then w=allowed; else w=refused; fi
+        mount -t ext4 -o ro $dev /mnt/$name &&
+            sum=$(sha256sum /mnt/$name/rxen/known.bin | cut -d' ' -f1) && umount /mnt/$name
+        echo "RXEN-BLK $name RO write=$w sha256=$sum"
+        continue
+    fi
+    mkfs.ext4 -q -F $dev || { echo "RXEN-BLK $name FAIL mkfs"; continue; }
+    mount -t ext4 $dev /mnt/$name || { echo "RXEN-BLK $name FAIL mount"; continue; }
+    dd if=/dev/urandom of=/mnt/$name/data bs=1M count=16 2>/dev/null
+    sum=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
+    umount /mnt/$name
+    echo 3 >/proc/sys/vm/drop_caches
+    mount -t ext4 -o ro $dev /mnt/$name && sum2=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
+    umount /mnt/$name
+    fsck.ext4 -fn $dev >/dev/null 2>&1; fsck=$?
+    if [ "$sum" = "$sum2" ] && [ $fsck = 0 ]; then
+        echo "RXEN-BLK $name PASS sha256=$sum"
+    else
+        echo "RXEN-BLK $name FAIL wrote=$sum read=$sum2 fsck=$fsck"
+    fi
+done
+"#;
+
+// Boots Xen under QEMU: run by `make test-xen` (release, after `make
+// xen-host`); `make test-unit` excludes this crate.
+#[test]
+fn rblkback_serves_linux_blkfront() {
+    init_logging();
+    let suite = Instant::now();
+    let mut figures = Figures::default();
+    let config = HostConfig::new("rblkback")
+        .expect("the Xen test host is built (make xen-host)")
+        .with_project_binary("rblkback")
+        .expect("project binaries are built (cargo build --release --workspace --bins)");
+    let mut host = boot(config, &mut figures).expect("the Xen test host boots");
+
+    let mut failures = Vec::new();
+    let r = host.scenario(
+        "6.1 PVH and 6.12 PV guests make ext4 on rblkback disks; data reaches the images",
+        |h| two_guests(h, &mut figures),
+    );
+    if let Err(e) = r {
+        failures.push(format!("two guests: {e}"));
+        if let Ok(log) = host.run("tail -n 40 /var/log/xen/rblkback-*.log") {
+            failures.push(format!("rblkback logs:\n{}", log.stdout));
+        }
+    }
+    if let Err(e) = host.shutdown() {
+        failures.push(format!("shutdown: {e}"));
+    }
+    figures.record("whole suite", suite.elapsed());
+    println!("\nrblkback figures:\n{}", figures.table());
+    assert!(
+        failures.is_empty(),
+        "failed checks:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Writes the backend and frontend nodes of a disk as `xl block-attach`
+/// does, and starts one rblkback for it.
+fn attach(h: &mut XenHost, guest: &str, devid: u32, image: &str, read_only: bool) -> Result<()> {
+    let mode = if read_only { "r" } else { "w" };
+    let ro_flag = if read_only { "--read-only" } else { "" };
+    h.run_ok(&format!(
+        r#"set -e
+d=$(xl domid {guest})
+be=/local/domain/0/backend/{KIND}/$d/{devid}
+fe=/local/domain/$d/device/vbd/{devid}
+xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
+    $be/params {image} $be/mode {mode} $be/type file $be/device-type disk
+xenstore-chmod -r $be n0 r$d
+rblkback --kind {KIND} --domid $d --devid {devid} --path {image} {ro_flag} \
+    >/var/log/xen/rblkback-$d-{devid}.log 2>&1 &
+xenstore-write $fe/backend $be $fe/backend-id 0 $fe/state 1 \
+    $fe/virtual-device {devid} $fe/device-type disk
+xenstore-chmod -r $fe n$d r0
+"#
+    ))?;
+    Ok(())
+}
+
+fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange: an empty image per guest, and the test disk (ext4 with a
+    // file of known checksum) served read-only to the PVH guest.
+    let want_known = h.manifest().guest_disk_sha256()?.to_owned();
+    let known_image = xen_harness::dom0_paths::GUEST_DISK;
+    h.run_ok(
+        "set -e; mkdir -p /var/lib/rxen\n\
+         truncate -s 128M /var/lib/rxen/pvh.img /var/lib/rxen/pv.img\n",
+    )?;
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/20-blk", 0o755, GUEST_SCRIPT.as_bytes());
+    let initrd = h.guest_initrd_with("blk", overlay)?;
+    let pvh = GuestConfig::new("blk-pvh-61", GuestKind::Pvh, GuestKernel::Linux61)
+        .with_ramdisk(&initrd)
+        .with_cmdline("rxen_blk=\"xvdb:rw xvdc:ro\"")
+        .hold();
+    let pv = GuestConfig::new("blk-pv-612", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd)
+        .with_cmdline("rxen_blk=xvdb:rw")
+        .hold();
+
+    // Act
+    let start = Instant::now();
+    let g_pvh = h.xl_create(&pvh)?;
+    let g_pv = h.xl_create(&pv)?;
+    attach(h, &g_pvh.name, XVDB, "/var/lib/rxen/pvh.img", false)?;
+    attach(h, &g_pvh.name, XVDC, known_image, true)?;
+    attach(h, &g_pv.name, XVDB, "/var/lib/rxen/pv.img", false)?;
+    let done = h.wait_guest_lines(
+        &[
+            (&g_pvh, "RXEN-GUEST-RC 20-blk"),
+            (&g_pv, "RXEN-GUEST-RC 20-blk"),
+        ],
+        GUEST_DONE,
+    )?;
+    figures.record("both guests' disk work done", start.elapsed());
+    for line in &done {
+        log::info!("{}", line.line);
+    }
+    let pvh_console = h.guest_console(&g_pvh.name)?;
+    let pv_console = h.guest_console(&g_pv.name)?;
+
+    // Assert: each guest's own verdicts...
+    let said = |console: &str| -> Vec<String> {
+        console
+            .lines()
+            .filter_map(|l| l.split_once("RXEN-BLK ").map(|(_, r)| r.trim_end().to_owned()))
+            .collect()
+    };
+    let pvh_said = said(&pvh_console);
+    let pv_said = said(&pv_console);
+    log::info!("PVH guest: {pvh_said:#?}\nPV guest: {pv_said:#?}");
+    let pass_sum = |said: &[String], name: &str| -> Result<String> {
+        said.iter()
+            .find_map(|l| l.strip_prefix(&format!("{name} PASS sha256=")))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                xen_harness::Error::Check(format!("{name} did not pass: {said:?}"))
+            })
+    };
+    let pvh_sum = pass_sum(&pvh_said, "xvdb")?;
+    let pv_sum = pass_sum(&pv_said, "xvdb")?;
+    ensure(
+        pvh_said.contains(&format!("xvdc RO write=refused sha256={want_known}")),
+        format!("read-only xvdc: expected refused writes and sha256 {want_known}: {pvh_said:?}"),
+    )?;
+    ensure(
+        pvh_said.iter().any(|l| l == "xvdb size=262144 ro=0"),
+        format!("xvdb should be 128 MiB (262144 sectors), writable: {pvh_said:?}"),
+    )?;
+
+    // ...and the data is in dom0's image files.
+    let out = h.run_ok(
+        "set -e\n\
+         for g in pvh pv; do\n\
+           mkdir -p /mnt/$g; mount -o loop,ro /var/lib/rxen/$g.img /mnt/$g\n\
+           echo $g $(sha256sum /mnt/$g/data | cut -d' ' -f1); umount /mnt/$g\n\
+         done\n",
+    )?;
+    ensure(
+        out.contains(&format!("pvh {pvh_sum}")) && out.contains(&format!("pv {pv_sum}")),
+        format!("dom0 reads other data from the images: {out:?} (guests wrote pvh {pvh_sum}, pv {pv_sum})"),
+    )?;
+    Ok(())
+}
