@@ -315,6 +315,20 @@ impl<Req, Rsp> fmt::Debug for FrontRing<'_, Req, Rsp> {
     }
 }
 
+/// The private state of a [`FrontRing`]: what it needs to be detached
+/// from its memory and attached again later, with requests in flight.
+///
+/// A ring borrows its memory, so an owner that keeps both the granted
+/// pages and the ring in one place keeps this instead and re-attaches with
+/// [`FrontRing::resume`] whenever it uses the ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrontRingState {
+    req_prod_pvt: RingIdx,
+    rsp_cons: RingIdx,
+    req_prod_pushed: RingIdx,
+    broken: bool,
+}
+
 impl<'a, Req: RingEntry, Rsp: RingEntry> FrontRing<'a, Req, Rsp> {
     /// `XEN_FRONT_RING_INIT`: initialises the shared ring
     /// ([`SharedRingMem::init_shared`]) and attaches at index 0.
@@ -343,6 +357,32 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> FrontRing<'a, Req, Rsp> {
             broken: false,
             _entries: PhantomData,
         })
+    }
+
+    /// Attaches to `mem` with the private indices of `state`, saved by
+    /// [`FrontRing::state`] from a ring over the same memory.
+    pub fn resume(mem: SharedRingMem<'a>, state: FrontRingState) -> Result<Self, RingError> {
+        let (size, slot) = geometry::<Req, Rsp>(&mem)?;
+        Ok(FrontRing {
+            mem,
+            req_prod_pvt: state.req_prod_pvt,
+            rsp_cons: state.rsp_cons,
+            req_prod_pushed: state.req_prod_pushed,
+            size,
+            slot,
+            broken: state.broken,
+            _entries: PhantomData,
+        })
+    }
+
+    /// The private state, to [`resume`](FrontRing::resume) the ring later.
+    pub fn state(&self) -> FrontRingState {
+        FrontRingState {
+            req_prod_pvt: self.req_prod_pvt,
+            rsp_cons: self.rsp_cons,
+            req_prod_pushed: self.req_prod_pushed,
+            broken: self.broken,
+        }
     }
 
     /// The memory this ring lives in.

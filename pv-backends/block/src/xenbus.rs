@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use hypercall_abi::platform::{Transaction, Xenstore, XsError};
 use hypercall_abi::xen::blkif::{VdiskInfo, BLKIF_MAX_INDIRECT_SEGMENTS};
+pub use hypercall_abi::xen::xenbus::XenbusState;
+use hypercall_abi::xen::xenbus::XEN_IO_PROTO_ABI_X86_64;
 use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef};
 
 use crate::device::BlockDevice;
@@ -47,68 +49,11 @@ use crate::stats::Stats;
 use crate::stop::StopSignal;
 
 /// `XEN_IO_PROTO_ABI_X86_64`, the only ring layout served.
-pub const PROTOCOL_X86_64: &str = "x86_64-abi";
+pub const PROTOCOL_X86_64: &str = XEN_IO_PROTO_ABI_X86_64;
 /// Largest `ring-page-order` the ring code supports (`XENBUS_MAX_RING_GRANT_ORDER`).
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
 /// Largest number of queues offered (an arbitrary but generous bound).
 pub const MAX_QUEUES: u32 = 64;
-
-/// `enum xenbus_state` (`xen/io/xenbus.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XenbusState {
-    /// `XenbusStateUnknown`: also a missing node.
-    Unknown = 0,
-    /// `XenbusStateInitialising`.
-    Initialising = 1,
-    /// `XenbusStateInitWait`: the backend waits for the frontend's rings.
-    InitWait = 2,
-    /// `XenbusStateInitialised`: the frontend published its rings.
-    Initialised = 3,
-    /// `XenbusStateConnected`.
-    Connected = 4,
-    /// `XenbusStateClosing`.
-    Closing = 5,
-    /// `XenbusStateClosed`.
-    Closed = 6,
-    /// `XenbusStateReconfiguring`.
-    Reconfiguring = 7,
-    /// `XenbusStateReconfigured`.
-    Reconfigured = 8,
-}
-
-impl XenbusState {
-    /// Parses a `state` node's value.
-    pub fn parse(value: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(value).ok()?.trim_end_matches('\0').trim();
-        Some(match text.parse::<u32>().ok()? {
-            0 => XenbusState::Unknown,
-            1 => XenbusState::Initialising,
-            2 => XenbusState::InitWait,
-            3 => XenbusState::Initialised,
-            4 => XenbusState::Connected,
-            5 => XenbusState::Closing,
-            6 => XenbusState::Closed,
-            7 => XenbusState::Reconfiguring,
-            8 => XenbusState::Reconfigured,
-            _ => return None,
-        })
-    }
-
-    /// The node value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XenbusState::Unknown => "0",
-            XenbusState::Initialising => "1",
-            XenbusState::InitWait => "2",
-            XenbusState::Initialised => "3",
-            XenbusState::Connected => "4",
-            XenbusState::Closing => "5",
-            XenbusState::Closed => "6",
-            XenbusState::Reconfiguring => "7",
-            XenbusState::Reconfigured => "8",
-        }
-    }
-}
 
 /// What the backend offers and where it lives.
 #[derive(Debug, Clone)]
@@ -238,6 +183,9 @@ pub struct Backend<P: Platform, D: Disk> {
     cfg: BackendConfig,
     be_path: String,
     fe_path: String,
+    /// The frontend's `state` node has been seen: its disappearing
+    /// afterwards means the frontend (its domain) is gone.
+    frontend_seen: bool,
     state: XenbusState,
     connection: Option<Connection>,
     stats: Arc<Stats>,
@@ -281,6 +229,7 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
             cfg,
             be_path,
             fe_path,
+            frontend_seen: false,
             state: XenbusState::Unknown,
             connection: None,
             stats: Arc::default(),
@@ -447,6 +396,9 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
             Some(value) => XenbusState::parse(value.as_bytes()).unwrap_or(XenbusState::Unknown),
         };
         log::debug!("{}: frontend is {state:?}, backend {:?}", self.be_path, self.state);
+        if state != XenbusState::Unknown {
+            self.frontend_seen = true;
+        }
         match state {
             XenbusState::Initialising => {
                 if self.state == XenbusState::Closed {
@@ -471,6 +423,11 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
                     log::info!("{}: the toolstack took the device offline", self.be_path);
                     return Ok(Next::Exit);
                 }
+            }
+            // The toolstack may write the frontend's directory after
+            // starting the backend: wait for it to appear.
+            XenbusState::Unknown if !self.frontend_seen => {
+                log::debug!("{}: waiting for the frontend to appear", self.be_path);
             }
             XenbusState::Unknown => {
                 log::info!("{}: the frontend is gone", self.be_path);
@@ -650,19 +607,6 @@ fn stop_connection(connection: Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn states_round_trip_and_junk_is_refused() {
-        for n in 0..=8u8 {
-            let state = XenbusState::parse(n.to_string().as_bytes()).unwrap();
-            assert_eq!(state.as_str(), n.to_string());
-            assert_eq!(state as u8, n);
-        }
-        assert_eq!(XenbusState::parse(b"4\0"), Some(XenbusState::Connected));
-        assert_eq!(XenbusState::parse(b"9"), None);
-        assert_eq!(XenbusState::parse(b"x"), None);
-        assert_eq!(XenbusState::parse(b""), None);
-    }
 
     #[test]
     fn backend_path_follows_xl() {

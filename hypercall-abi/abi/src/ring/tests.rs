@@ -414,6 +414,40 @@ fn frontend_detects_responses_to_unpushed_requests() {
 }
 
 #[test]
+fn a_detached_front_ring_resumes_with_requests_in_flight() {
+    let owned = page();
+    let mem = owned.mem();
+    let (mut front, mut back) = pair_at(mem, u32::MAX - 1);
+    front.put_request(&req(0)).unwrap();
+    front.put_request(&req(1)).unwrap();
+    front.push_requests().unwrap();
+    front.put_request(&req(2)).unwrap(); // put, not pushed
+    let state = front.state();
+
+    let mut front = Front::resume(mem, state).unwrap();
+    assert_eq!(front.state(), state);
+    assert_eq!(back.consume_request().unwrap(), Some(req(0)));
+    back.put_response(&Rsp { id: 0, status: 0 }).unwrap();
+    back.push_responses().unwrap();
+    assert_eq!(
+        front.consume_response().unwrap(),
+        Some(Rsp { id: 0, status: 0 })
+    );
+    // The pushed bound survived the detach: a response to the unpushed
+    // request is still caught.
+    mem.store_index(SringIndex::RspProd, Wrapping(2));
+    assert!(matches!(
+        front.consume_response(),
+        Err(RingError::ResponseProducerOverrun { .. })
+    ));
+    let broken = front.state();
+    assert_eq!(
+        Front::resume(mem, broken).unwrap().put_request(&req(3)),
+        Err(RingError::Broken)
+    );
+}
+
+#[test]
 fn frontend_detects_response_producer_going_backwards() {
     let owned = page();
     let mem = owned.mem();

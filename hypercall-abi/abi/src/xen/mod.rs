@@ -16,6 +16,7 @@ pub mod memory;
 pub mod netif;
 pub mod sched;
 pub mod start_info;
+pub mod xenbus;
 pub mod xs_wire;
 
 /// A domain identifier (`domid_t`).

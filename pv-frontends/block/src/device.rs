@@ -1,0 +1,905 @@
+//! The block device: connecting, and reads, writes, flushes and discards
+//! carried as blkif requests.
+//!
+//! A read or write is split into requests of at most
+//! [`BlockFrontend::max_request_bytes`] (one page per segment, 11 segments
+//! direct or, when the backend offers `feature-max-indirect-segments`, an
+//! indirect request), spread over the queues, and as many as the rings hold
+//! are in flight at once. Data is copied into granted pages before a write
+//! and out of them after a read, through
+//! [`SharedMemory`](hypercall_abi::platform::SharedMemory) only. With
+//! persistent grants each ring slot keeps its pages granted; without, each
+//! request grants pages (read-only for writes) and ends access when it
+//! completes, and a backend that still maps them then is caught, as
+//! blkfront's `blkif_completion` does.
+//!
+//! Every response is checked ([`crate::shadow`]); a backend that breaks the
+//! protocol marks the device broken, and every later call fails with
+//! [`Error::Broken`] until it is reconnected.
+
+use std::time::{Duration, Instant};
+
+use hypercall_abi::platform::{
+    EventChannels, GrantError, GrantShare, SharedGrants, SharedMemory, Transaction, Xenstore,
+};
+use hypercall_abi::xen::blkif::{
+    BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment, BlkifStatus, BlkifVdev,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_SECTOR_SIZE,
+    BLKIF_SEGS_PER_INDIRECT_FRAME,
+};
+use hypercall_abi::xen::xenbus::{XenbusState, XEN_IO_PROTO_ABI_X86_64};
+use hypercall_abi::xen::{GrantRef, PAGE_SIZE};
+use zerocopy::IntoBytes;
+
+use crate::error::{Error, ProtocolError};
+use crate::protocol::{
+    parse_disk, parse_ring_offer, segments_per_request, DiskInfo, DEFAULT_MAX_INDIRECT_SEGMENTS, DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_RING_PAGE_ORDER, MAX_QUEUES, MAX_RING_PAGE_ORDER,
+};
+use crate::queue::{end_access, InFlight, Kind, Pages, Queue};
+use crate::shadow::Completion;
+use crate::stats::Stats;
+use crate::xenbus::Bus;
+
+/// How long a wait for responses sleeps on the event channel before it
+/// looks at the backend's state again.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Back-off when the event channel is readable without a pending port (a
+/// peer that went away), so that the wait does not spin.
+const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
+
+/// What the frontend asks for; the defaults are Linux blkfront's module
+/// parameters.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// The frontend directory: `device/vbd/<devid>` relative to the
+    /// domain's home, or an absolute path.
+    pub path: String,
+    /// Most queues used (`max_queues`, 4); fewer if the backend offers
+    /// fewer.
+    pub max_queues: u32,
+    /// Most ring pages used, as a power of two (`max_ring_page_order`, 0).
+    pub max_ring_page_order: u32,
+    /// Most segments per indirect request (`max_indirect_segments`, 32).
+    pub max_indirect_segments: u32,
+    /// Ask for persistent grants (`feature_persistent`, on).
+    pub persistent: bool,
+    /// Refuse writes and discards locally when the backend says the disk
+    /// is read-only, as the block layer does for blkfront. Off only to
+    /// test that a backend refuses them itself.
+    pub honour_read_only: bool,
+    /// How long to wait for each step of the handshake, and for the next
+    /// response while requests are in flight.
+    pub timeout: Duration,
+}
+
+impl FrontendConfig {
+    /// Linux blkfront's defaults for the virtual block device `devid`
+    /// (`device/vbd/<devid>`).
+    pub fn new(devid: u32) -> Self {
+        FrontendConfig {
+            path: format!("device/vbd/{devid}"),
+            max_queues: DEFAULT_MAX_QUEUES,
+            max_ring_page_order: DEFAULT_MAX_RING_PAGE_ORDER,
+            max_indirect_segments: DEFAULT_MAX_INDIRECT_SEGMENTS,
+            persistent: true,
+            honour_read_only: true,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The virtual device number, the last component of the path
+    /// (blkfront's `info->handle`); 0 if it is not a number.
+    fn handle(&self) -> BlkifVdev {
+        let devid = self.path.rsplit('/').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+        // `blkif_vdev_t` is 16 bits: extended device numbers are truncated,
+        // as blkfront's assignment to `handle` does.
+        devid as BlkifVdev
+    }
+}
+
+/// What was negotiated for one connection.
+struct Connection<Sh: SharedGrants> {
+    queues: Vec<Queue<Sh>>,
+    disk: DiskInfo,
+    persistent: bool,
+    /// Segments per request: 11, or more with indirect requests.
+    max_segments: usize,
+    /// Pages of a persistent slot buffer: data, then indirect pages.
+    pages_per_slot: usize,
+    flush_op: Option<u8>,
+    discard: bool,
+    next_queue: usize,
+}
+
+impl<Sh: SharedGrants> std::fmt::Debug for Connection<Sh> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("queues", &self.queues)
+            .field("disk", &self.disk)
+            .field("persistent", &self.persistent)
+            .field("max_segments", &self.max_segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Sh: SharedGrants> Connection<Sh> {
+    fn in_flight(&self) -> usize {
+        self.queues.iter().map(Queue::in_flight).sum()
+    }
+}
+
+/// The caller's buffer of a read or write.
+enum Buffer<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Buffer<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Buffer::Read(b) => b.len(),
+            Buffer::Write(b) => b.len(),
+        }
+    }
+}
+
+/// A Xen virtual block device, seen from the guest: Linux xen-blkfront's
+/// handshake and ring protocol, over a platform's grants, event channels
+/// and xenstore.
+///
+/// Sectors are 512-byte units, as in blkif, whatever the logical sector
+/// size; offsets and lengths must be multiples of [`sector_size`](Self::sector_size).
+pub struct BlockFrontend<G: GrantShare, E: EventChannels, S: Xenstore> {
+    grants: G,
+    evtchn: E,
+    bus: Bus<S>,
+    cfg: FrontendConfig,
+    conn: Option<Connection<G::Shared>>,
+    broken: Option<String>,
+    stats: Stats,
+}
+
+impl<G: GrantShare, E: EventChannels, S: Xenstore> std::fmt::Debug for BlockFrontend<G, E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockFrontend")
+            .field("bus", &self.bus)
+            .field("connection", &self.conn)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
+    /// Finds the device the toolstack created at `cfg.path` and its
+    /// backend; does not connect yet.
+    pub fn new(grants: G, evtchn: E, store: S, cfg: FrontendConfig) -> Result<Self, Error> {
+        let bus = Bus::attach(store, cfg.path.clone())?;
+        Ok(BlockFrontend { grants, evtchn, bus, cfg, conn: None, broken: None, stats: Stats::default() })
+    }
+
+    /// Finds the device and connects to its backend.
+    pub fn open(grants: G, evtchn: E, store: S, cfg: FrontendConfig) -> Result<Self, Error> {
+        let mut dev = Self::new(grants, evtchn, store, cfg)?;
+        dev.connect()?;
+        Ok(dev)
+    }
+
+    /// The xenbus handshake up to Connected (blkfront's
+    /// `talk_to_blkback` and `blkfront_connect`).
+    pub fn connect(&mut self) -> Result<(), Error> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        self.broken = None;
+        let timeout = self.cfg.timeout;
+        let backend_state = self.bus.backend_state()?;
+        let stale = !matches!(self.bus.state(), XenbusState::Unknown | XenbusState::Initialising | XenbusState::Closed);
+        if stale || backend_state == XenbusState::Closing {
+            // A session of an earlier frontend (or one the backend ended):
+            // close it first, so that the backend starts afresh.
+            log::info!("{}: closing a stale session (backend {backend_state:?})", self.bus.frontend_path());
+            self.bus.close(timeout)?;
+        }
+        self.bus.switch(XenbusState::Initialising)?;
+        self.bus.wait_backend("offer its rings (InitWait)", timeout, |s| {
+            matches!(s, XenbusState::InitWait | XenbusState::Connected)
+        })?;
+        let offer = parse_ring_offer(&self.bus)?;
+        let order = self.cfg.max_ring_page_order.min(offer.max_ring_page_order).min(MAX_RING_PAGE_ORDER);
+        let nr_queues = self.cfg.max_queues.clamp(1, MAX_QUEUES).min(offer.max_queues);
+        let backend = self.bus.backend_domid();
+
+        let mut queues = Vec::new();
+        for index in 0..nr_queues {
+            match Queue::new(index, &self.grants, &self.evtchn, backend, order) {
+                Ok(queue) => queues.push(queue),
+                Err(e) => {
+                    self.teardown(queues);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.publish(&queues, order).and_then(|()| self.bus.switch(XenbusState::Initialised)) {
+            return Err(self.abort(queues, e));
+        }
+        let state = match self.bus.wait_backend("connect", timeout, |s| {
+            matches!(s, XenbusState::Connected | XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown)
+        }) {
+            Ok(state) => state,
+            Err(e) => return Err(self.abort(queues, e)),
+        };
+        if state != XenbusState::Connected {
+            return Err(self.abort(queues, Error::BackendClosed(state)));
+        }
+        let disk = match parse_disk(&self.bus) {
+            Ok(disk) => disk,
+            Err(e) => return Err(self.abort(queues, e)),
+        };
+        let persistent = self.cfg.persistent && disk.persistent;
+        let max_segments = segments_per_request(disk.max_indirect_segments, self.cfg.max_indirect_segments);
+        let indirect_pages = if max_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST {
+            BlkifRequestIndirect::nr_indirect_pages(max_segments)
+        } else {
+            0
+        };
+        let flush_op = if disk.flush_cache {
+            Some(BLKIF_OP_FLUSH_DISKCACHE)
+        } else if disk.barrier {
+            Some(BLKIF_OP_WRITE_BARRIER)
+        } else {
+            None
+        };
+        if let Err(e) = self.bus.switch(XenbusState::Connected) {
+            return Err(self.abort(queues, e));
+        }
+        log::info!(
+            "{}: connected to {}: {} bytes in {}-byte sectors{}, {} queue(s) of {} page(s), {} segments per request{}",
+            self.bus.frontend_path(),
+            self.bus.backend_path(),
+            disk.size(),
+            disk.sector_size,
+            if disk.read_only() { ", read-only" } else { "" },
+            queues.len(),
+            1u32 << order,
+            max_segments,
+            if persistent { ", persistent grants" } else { "" },
+        );
+        self.stats.connects += 1;
+        self.conn = Some(Connection {
+            queues,
+            discard: disk.discard.is_some(),
+            disk,
+            persistent,
+            max_segments,
+            pages_per_slot: max_segments + indirect_pages,
+            flush_op,
+            next_queue: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes the ring nodes in one transaction, after removing any an
+    /// earlier connection left.
+    fn publish(&self, queues: &[Queue<G::Shared>], order: u32) -> Result<(), Error> {
+        let bus = &self.bus;
+        let persistent = if self.cfg.persistent { "1" } else { "0" };
+        bus.transaction(|tx| {
+            for child in bus.children(tx)? {
+                let stale = child.starts_with("ring-ref")
+                    || child.starts_with("queue-")
+                    || matches!(child.as_str(), "ring-page-order" | "multi-queue-num-queues" | "event-channel");
+                if stale {
+                    bus.remove(tx, &child)?;
+                }
+            }
+            if order > 0 {
+                bus.write(tx, "ring-page-order", &order.to_string())?;
+            }
+            if let [queue] = queues {
+                write_ring(bus, tx, "", queue, order)?;
+            } else {
+                bus.write(tx, "multi-queue-num-queues", &queues.len().to_string())?;
+                for queue in queues {
+                    write_ring(bus, tx, &format!("queue-{}/", queue.index()), queue, order)?;
+                }
+            }
+            bus.write(tx, "protocol", XEN_IO_PROTO_ABI_X86_64)?;
+            bus.write(tx, "feature-persistent", persistent)
+        })
+    }
+
+    /// Closes the half-made connection after `error`, and returns it.
+    fn abort(&mut self, queues: Vec<Queue<G::Shared>>, error: Error) -> Error {
+        log::warn!("{}: connecting failed: {error}", self.bus.frontend_path());
+        if let Err(e) = self.bus.close(self.cfg.timeout) {
+            log::warn!("{}: closing after the failure: {e}", self.bus.frontend_path());
+        }
+        self.teardown(queues);
+        error
+    }
+
+    fn teardown(&mut self, queues: Vec<Queue<G::Shared>>) {
+        let leaked: usize = queues.into_iter().map(|q| q.teardown(&self.grants, &self.evtchn)).sum();
+        self.stats.leaked_pages += leaked as u64;
+        if leaked > 0 {
+            log::warn!("{}: {leaked} page(s) stay granted: the backend still maps them", self.bus.frontend_path());
+        }
+    }
+
+    /// Closes the device cleanly: Closing, then Closed as the backend
+    /// follows; then ends access to every page and closes the event
+    /// channels. The device can be connected again afterwards.
+    pub fn disconnect(&mut self) -> Result<(), Error> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let closed = self.bus.close(self.cfg.timeout);
+        self.teardown(conn.queues);
+        log::info!("{}: disconnected", self.bus.frontend_path());
+        closed
+    }
+
+    /// Disconnects (if connected) and connects again.
+    pub fn reconnect(&mut self) -> Result<(), Error> {
+        self.disconnect()?;
+        self.connect()
+    }
+
+    /// Whether the device is connected.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Why the device is broken, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// The device as the backend described it, while connected.
+    pub fn info(&self) -> Option<&DiskInfo> {
+        self.conn.as_ref().map(|c| &c.disk)
+    }
+
+    /// Size in bytes (0 when not connected).
+    pub fn size(&self) -> u64 {
+        self.info().map_or(0, DiskInfo::size)
+    }
+
+    /// Size in 512-byte sectors (0 when not connected).
+    pub fn sectors(&self) -> u64 {
+        self.info().map_or(0, |d| d.sectors)
+    }
+
+    /// The logical sector size (512 when not connected).
+    pub fn sector_size(&self) -> u32 {
+        self.info().map_or(512, |d| d.sector_size)
+    }
+
+    /// Whether the backend serves the disk read-only.
+    pub fn read_only(&self) -> bool {
+        self.info().is_some_and(DiskInfo::read_only)
+    }
+
+    /// Whether persistent grants were negotiated.
+    pub fn persistent(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.persistent)
+    }
+
+    /// Queues in use.
+    pub fn queues(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.queues.len())
+    }
+
+    /// Most bytes one request carries: 11 pages, or more with indirect
+    /// requests.
+    pub fn max_request_bytes(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.max_segments * PAGE_SIZE)
+    }
+
+    /// Whether [`flush`](Self::flush) reaches the backend (it offers
+    /// `feature-flush-cache` or `feature-barrier`).
+    pub fn can_flush(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.flush_op.is_some())
+    }
+
+    /// Whether the backend offers discard.
+    pub fn can_discard(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.discard)
+    }
+
+    /// The request counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The xenbus path of the frontend directory.
+    pub fn frontend_path(&self) -> &str {
+        self.bus.frontend_path()
+    }
+
+    /// Looks for a change of the backend's state while idle, and follows
+    /// a backend that closes the device (blkfront's `blkback_changed`).
+    pub fn poll(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        match self.bus.backend_changed() {
+            Ok(Some(state @ (XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown))) => {
+                Err(self.backend_closed(state))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The backend closed the device: follow it to Closed and release
+    /// everything (`blkfront_closing`).
+    fn backend_closed(&mut self, state: XenbusState) -> Error {
+        log::warn!("{}: the backend moved to {state:?}", self.bus.frontend_path());
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = self.bus.close(self.cfg.timeout) {
+                log::warn!("{}: closing after the backend: {e}", self.bus.frontend_path());
+            }
+            self.teardown(conn.queues);
+        }
+        Error::BackendClosed(state)
+    }
+
+    /// Reads `buf.len()` bytes at 512-byte sector `sector`.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.run(sector, Buffer::Read(buf))
+    }
+
+    /// Writes `buf` at 512-byte sector `sector`.
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Error> {
+        self.run(sector, Buffer::Write(buf))
+    }
+
+    /// Makes completed writes durable: `BLKIF_OP_FLUSH_DISKCACHE`, or
+    /// `BLKIF_OP_WRITE_BARRIER` if that is all the backend offers; nothing
+    /// if it offers neither (it has no volatile cache), as blkfront.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        let Some(op) = self.conn.as_ref().and_then(|c| c.flush_op) else {
+            return Ok(());
+        };
+        let handle = self.cfg.handle();
+        let request = |id| BlkifRequest { operation: op, id, handle, ..Default::default() };
+        let what = InFlight { kind: Kind::Flush, sector: 0, nr_sectors: 0, pages: Pages::None };
+        self.stats.f_req += 1;
+        self.single(op, request, what)
+    }
+
+    /// Discards `nr_sectors` 512-byte sectors at `sector`.
+    pub fn discard(&mut self, sector: u64, nr_sectors: u64) -> Result<(), Error> {
+        self.check_usable()?;
+        let (discard, read_only) = match &self.conn {
+            Some(c) => (c.discard, c.disk.read_only()),
+            None => return Err(Error::NotConnected),
+        };
+        if !discard {
+            return Err(Error::Unsupported("discard"));
+        }
+        if read_only && self.cfg.honour_read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(sector, nr_sectors.saturating_mul(512), true)?;
+        if nr_sectors == 0 {
+            return Ok(());
+        }
+        let handle = self.cfg.handle();
+        let request = |id| {
+            BlkifRequest::from_discard(BlkifRequestDiscard {
+                operation: BLKIF_OP_DISCARD,
+                flag: 0,
+                handle,
+                id,
+                sector_number: sector,
+                nr_sectors,
+                ..Default::default()
+            })
+        };
+        let what = InFlight { kind: Kind::Discard, sector, nr_sectors, pages: Pages::None };
+        self.stats.ds_req += 1;
+        self.single(BLKIF_OP_DISCARD, request, what)
+    }
+
+    /// Sends one request without data on the first queue and waits for it.
+    fn single(
+        &mut self,
+        op: u8,
+        request: impl FnOnce(u64) -> BlkifRequest,
+        what: InFlight<G::Shared>,
+    ) -> Result<(), Error> {
+        let mut first_error = None;
+        let result = (|| {
+            let conn = self.conn.as_mut().ok_or(Error::NotConnected)?;
+            let queue = conn.queues.first_mut().ok_or(Error::NotConnected)?;
+            // Nothing else is in flight between calls, so a slot is free.
+            let reservation = queue.reserve().ok_or(Error::Bug("no free slot on an idle ring"))?;
+            queue.put(reservation, op, &request(reservation.id), what)?;
+            queue.push(&self.evtchn)?;
+            self.drain(&mut Buffer::Write(&[]), &mut first_error)
+        })();
+        self.settle(result)?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn check_usable(&mut self) -> Result<(), Error> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Broken(why.clone()));
+        }
+        if self.conn.is_none() {
+            return Err(Error::NotConnected);
+        }
+        self.poll()
+    }
+
+    /// Checks that `len` bytes at `sector` lie on the disk and on logical
+    /// sector boundaries.
+    fn check_range(&self, sector: u64, len: u64, write: bool) -> Result<(), Error> {
+        let disk = self.info().ok_or(Error::NotConnected)?;
+        if write && disk.read_only() && self.cfg.honour_read_only {
+            return Err(Error::ReadOnly);
+        }
+        let nr_sectors = len.div_ceil(512);
+        let end = sector.checked_add(nr_sectors);
+        if !end.is_some_and(|end| end <= disk.sectors) {
+            return Err(Error::OutOfRange { sector, nr_sectors, disk_sectors: disk.sectors });
+        }
+        let sector_size = u64::from(disk.sector_size);
+        let offset = sector * 512;
+        if offset % sector_size != 0 || len % sector_size != 0 {
+            return Err(Error::Misaligned { offset, len: len as usize, sector_size: disk.sector_size });
+        }
+        Ok(())
+    }
+
+    /// Carries out a read or write: submits requests while the rings have
+    /// room, and waits for responses until all are answered.
+    fn run(&mut self, sector: u64, mut buf: Buffer<'_>) -> Result<(), Error> {
+        self.check_usable()?;
+        let len = buf.len();
+        self.check_range(sector, len as u64, matches!(buf, Buffer::Write(_)))?;
+        let mut next = 0;
+        let mut first_error = None;
+        let result = (|| {
+            while next < len || self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
+                while next < len && first_error.is_none() {
+                    match self.submit(sector, &buf, next) {
+                        Ok(Some(sent)) => next += sent,
+                        Ok(None) => break,
+                        Err(e @ Error::Protocol(_)) => return Err(e),
+                        // A local failure (e.g. no memory to grant): send
+                        // nothing more, let what is in flight finish.
+                        Err(e) => first_error = Some(e),
+                    }
+                }
+                if let Some(conn) = self.conn.as_mut() {
+                    for queue in &mut conn.queues {
+                        queue.push(&self.evtchn)?;
+                    }
+                }
+                if first_error.is_some() && !self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
+                    break;
+                }
+                self.wait(&mut buf, &mut first_error)?;
+            }
+            Ok(())
+        })();
+        self.settle(result)?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Marks the device broken after a failure that leaves the rings in
+    /// doubt; follows a backend that closed.
+    fn settle(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(Error::BackendClosed(state)) => Err(self.backend_closed(state)),
+            Err(e @ (Error::Protocol(_) | Error::Timeout(_) | Error::Evtchn(_))) => {
+                log::error!("{}: {e}", self.bus.frontend_path());
+                self.broken = Some(e.to_string());
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts the request for the bytes of `buf` from `offset` on a queue
+    /// with room; returns how many bytes it carries, or `None` if every
+    /// ring is full.
+    fn submit(&mut self, sector: u64, buf: &Buffer<'_>, offset: usize) -> Result<Option<usize>, Error> {
+        let handle = self.cfg.handle();
+        let backend = self.bus.backend_domid();
+        let conn = self.conn.as_mut().ok_or(Error::NotConnected)?;
+        let nr_queues = conn.queues.len();
+        let Some(q) = (0..nr_queues)
+            .map(|i| (conn.next_queue + i) % nr_queues)
+            .find(|&q| conn.queues.get(q).is_some_and(|queue| queue.reserve().is_some()))
+        else {
+            return Ok(None);
+        };
+        conn.next_queue = (q + 1) % nr_queues;
+        let (persistent, max_segments, pages_per_slot) = (conn.persistent, conn.max_segments, conn.pages_per_slot);
+        let queue = conn.queues.get_mut(q).ok_or(Error::Bug("queue index out of range"))?;
+        let reservation = queue.reserve().ok_or(Error::Bug("the queue chosen has no free slot"))?;
+
+        let len = (buf.len() - offset).min(max_segments * PAGE_SIZE);
+        let nr_segments = len.div_ceil(PAGE_SIZE);
+        let indirect = nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST;
+        let nr_indirect = if indirect { BlkifRequestIndirect::nr_indirect_pages(nr_segments) } else { 0 };
+        let (op, kind) = match buf {
+            Buffer::Read(_) => (BLKIF_OP_READ, Kind::Read { offset, len }),
+            Buffer::Write(_) => (BLKIF_OP_WRITE, Kind::Write),
+        };
+        // Data pages first, then the indirect pages: in the slot's
+        // persistent buffer, or granted for this request (read-only to the
+        // backend for a write, which it only reads).
+        let (pages, indirect_base) = if persistent {
+            queue.buffer(&self.grants, backend, reservation.slot, pages_per_slot)?;
+            (Pages::Persistent, max_segments)
+        } else {
+            let writable = op == BLKIF_OP_READ;
+            let shared = self
+                .grants
+                .share(backend, nr_segments + nr_indirect, writable)
+                .map_err(Error::grant("share data pages"))?;
+            (Pages::Fresh(shared), nr_segments)
+        };
+        let first_sector = sector + (offset / BLKIF_SECTOR_SIZE) as u64;
+        let nr_sectors = (len / BLKIF_SECTOR_SIZE) as u64;
+        let layout = Layout { id: reservation.id, op, handle, sector: first_sector, offset, len, indirect_base };
+        let built = match queue.data_pages(reservation.slot, &pages) {
+            Some((memory, refs)) => build_request(&memory, refs, buf, &layout),
+            None => Err(Error::Bug("a request without its data pages")),
+        };
+        let request = match built {
+            Ok(request) => request,
+            Err(e) => {
+                if let Pages::Fresh(shared) = pages {
+                    end_access(&self.grants, shared);
+                }
+                return Err(e);
+            }
+        };
+        queue.put(reservation, op, &request, InFlight { kind, sector: first_sector, nr_sectors, pages })?;
+
+        let in_flight = conn.in_flight() as u64;
+        let stats = &mut self.stats;
+        stats.max_in_flight = stats.max_in_flight.max(in_flight);
+        stats.indirect_req += u64::from(indirect);
+        match op {
+            BLKIF_OP_READ => (stats.rd_req, stats.rd_sect) = (stats.rd_req + 1, stats.rd_sect + nr_sectors),
+            _ => (stats.wr_req, stats.wr_sect) = (stats.wr_req + 1, stats.wr_sect + nr_sectors),
+        }
+        Ok(Some(len))
+    }
+
+    /// Waits until every request in flight is answered.
+    fn drain(&mut self, buf: &mut Buffer<'_>, first_error: &mut Option<Error>) -> Result<(), Error> {
+        while self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
+            self.wait(buf, first_error)?;
+        }
+        Ok(())
+    }
+
+    /// Completes every response waiting; if there was none, sleeps until
+    /// the backend sends an event (or changes state, or times out).
+    fn wait(&mut self, buf: &mut Buffer<'_>, first_error: &mut Option<Error>) -> Result<(), Error> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(Error::NotConnected);
+            };
+            let mut progress = false;
+            for queue in &mut conn.queues {
+                while let Some(done) = queue.next_completion()? {
+                    progress = true;
+                    if let Err(e) =
+                        complete(&self.grants, queue, done, buf, &mut self.stats, &mut conn.flush_op, &mut conn.discard)
+                    {
+                        match e {
+                            Error::Protocol(_) => return Err(e),
+                            e => {
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }
+            if progress {
+                return Ok(());
+            }
+            let mut more = false;
+            for queue in &mut conn.queues {
+                if queue.in_flight() > 0 && queue.final_check()? {
+                    more = true;
+                }
+            }
+            if more {
+                continue;
+            }
+            if let Some(state @ (XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown)) =
+                self.bus.backend_changed()?
+            {
+                return Err(Error::BackendClosed(state));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!("responses from the backend {}", self.bus.backend_path())));
+            }
+            let slept = Instant::now();
+            match self.evtchn.wait(Some(left.min(POLL_INTERVAL)))? {
+                Some(port) => {
+                    self.evtchn.unmask(port)?;
+                    while let Some(port) = self.evtchn.pending()? {
+                        self.evtchn.unmask(port)?;
+                    }
+                }
+                None if slept.elapsed() < POLL_INTERVAL / 2 => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
+                None => {}
+            }
+        }
+    }
+}
+
+impl<G: GrantShare, E: EventChannels, S: Xenstore> Drop for BlockFrontend<G, E, S> {
+    fn drop(&mut self) {
+        if let Err(e) = self.disconnect() {
+            log::warn!("{}: disconnecting: {e}", self.bus.frontend_path());
+        }
+    }
+}
+
+/// Writes one queue's `ring-ref`s and `event-channel` under `prefix`.
+fn write_ring<S: Xenstore, Sh: SharedGrants>(
+    bus: &Bus<S>,
+    tx: Transaction,
+    prefix: &str,
+    queue: &Queue<Sh>,
+    order: u32,
+) -> Result<(), Error> {
+    if order == 0 {
+        if let Some(gref) = queue.ring_refs().first() {
+            bus.write(tx, &format!("{prefix}ring-ref"), &gref.to_string())?;
+        }
+    } else {
+        for (i, gref) in queue.ring_refs().iter().enumerate() {
+            bus.write(tx, &format!("{prefix}ring-ref{i}"), &gref.to_string())?;
+        }
+    }
+    bus.write(tx, &format!("{prefix}event-channel"), &queue.port().to_string())
+}
+
+/// Where a data request goes and what it carries.
+struct Layout {
+    id: u64,
+    op: u8,
+    handle: BlkifVdev,
+    sector: u64,
+    /// Offset of the data in the caller's buffer.
+    offset: usize,
+    /// Bytes.
+    len: usize,
+    /// Page, in the request's pages, of the first indirect page.
+    indirect_base: usize,
+}
+
+/// Copies a write's data into the request's pages (`memory`, granted as
+/// `refs`) and builds the request: one full page per segment, the last
+/// one partial; direct with up to 11 segments, else indirect with the
+/// segments in the indirect pages.
+fn build_request(
+    memory: &SharedMemory<'_>,
+    refs: &[GrantRef],
+    buf: &Buffer<'_>,
+    layout: &Layout,
+) -> Result<BlkifRequest, Error> {
+    let &Layout { id, op, handle, sector, offset, len, indirect_base } = layout;
+    if let Buffer::Write(data) = buf {
+        let chunk = data.get(offset..offset + len).ok_or(Error::Bug("write chunk outside the buffer"))?;
+        memory.write(0, chunk)?;
+    }
+    let nr_segments = len.div_ceil(PAGE_SIZE);
+    if refs.len() < nr_segments {
+        return Err(Error::Bug("fewer data pages than segments"));
+    }
+    let segments: Vec<BlkifRequestSegment> = (0..nr_segments)
+        .zip(refs)
+        .map(|(i, &gref)| {
+            let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+            // `bytes` is a multiple of 512 from 512 to 4096: last_sect <= 7.
+            BlkifRequestSegment::new(gref, 0, (bytes / BLKIF_SECTOR_SIZE - 1) as u8)
+        })
+        .collect();
+    if nr_segments <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        let mut request = BlkifRequest {
+            operation: op,
+            nr_segments: nr_segments as u8,
+            handle,
+            id,
+            sector_number: sector,
+            ..Default::default()
+        };
+        request.seg[..nr_segments].copy_from_slice(&segments);
+        return Ok(request);
+    }
+    let mut indirect_grefs = [0; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+    for ((i, chunk), slot) in segments.chunks(BLKIF_SEGS_PER_INDIRECT_FRAME).enumerate().zip(&mut indirect_grefs) {
+        let page = indirect_base + i;
+        memory.write(page * PAGE_SIZE, chunk.as_bytes())?;
+        *slot = *refs.get(page).ok_or(Error::Bug("no page for the indirect segments"))?;
+    }
+    Ok(BlkifRequest::from_indirect(BlkifRequestIndirect {
+        operation: BLKIF_OP_INDIRECT,
+        indirect_op: op,
+        // At most BLKIF_MAX_INDIRECT_SEGMENTS (4096) segments.
+        nr_segments: nr_segments as u16,
+        id,
+        sector_number: sector,
+        handle,
+        indirect_grefs,
+        ..Default::default()
+    }))
+}
+
+/// Finishes one answered request: copies a read's data out, releases
+/// non-persistent pages (which the backend must have unmapped), and turns
+/// a failure status into an error.
+fn complete<G: GrantShare>(
+    grants: &G,
+    queue: &Queue<G::Shared>,
+    done: Completion<InFlight<G::Shared>>,
+    buf: &mut Buffer<'_>,
+    stats: &mut Stats,
+    flush_op: &mut Option<u8>,
+    discard: &mut bool,
+) -> Result<(), Error> {
+    let Completion { slot, id, status, payload } = done;
+    let InFlight { kind, sector, nr_sectors, pages } = payload;
+    let mut copied = Ok(());
+    if let (Kind::Read { offset, len }, Buffer::Read(out), BlkifStatus::Okay) = (kind, &mut *buf, status) {
+        copied = match (queue.data_pages(slot, &pages), out.get_mut(offset..offset + len)) {
+            (Some((memory, _)), Some(dst)) => memory.read(0, dst).map_err(Error::from),
+            _ => Err(Error::Bug("a read without its data pages or buffer")),
+        };
+    }
+    if let Pages::Fresh(shared) = pages {
+        let first = shared.refs().first().copied().unwrap_or_default();
+        match grants.end_access(shared) {
+            Ok(()) => {}
+            Err(GrantError::InUse(gref)) => {
+                return Err(ProtocolError::GrantStillMapped { queue: queue.index(), id, gref }.into())
+            }
+            Err(source) => {
+                log::warn!("ending access to grant {first} failed: {source}");
+                return Err(Error::Grant { op: "end access to data pages", source });
+            }
+        }
+    }
+    copied?;
+    if status == BlkifStatus::Okay {
+        return Ok(());
+    }
+    stats.errors += 1;
+    let op = match kind {
+        Kind::Read { .. } => "read",
+        Kind::Write => "write",
+        Kind::Flush => "flush",
+        Kind::Discard => "discard",
+    };
+    // As blkfront: a backend that does not support flush or discard after
+    // all stops being asked.
+    if status == BlkifStatus::Eopnotsupp {
+        match kind {
+            Kind::Flush => *flush_op = None,
+            Kind::Discard => *discard = false,
+            _ => {}
+        }
+    }
+    log::warn!("queue {}: the backend failed a {op} of sectors {sector}+{nr_sectors}: {status:?}", queue.index());
+    Err(Error::Io { op, sector, nr_sectors, status })
+}
