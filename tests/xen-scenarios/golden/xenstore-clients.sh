@@ -1,8 +1,6 @@
 # Xen's xenstore-* clients in dom0, run against a xenstore daemon.
 # Its output (stdout and stderr, with exit statuses) must equal
 # xenstore-clients.out, captured with Xen's C xenstored.
-# Known difference left out: `xenstore-chmod -r PATH r5` (an owner that is
-# not an existing domain) gets ENOENT from C xenstored; rxenstored accepts it.
 r=/rxen-golden
 st() { echo "status $?"; }
 xenstore-write $r/a 1 $r/b/c 2 $r/b/d "with space"; st
@@ -15,6 +13,8 @@ xenstore-ls -p $r; st
 xenstore-chmod $r/b n0 r1 w2 b3; st
 xenstore-ls -p $r; st
 xenstore-chmod -r $r/b n0 r5; st
+xenstore-ls -p $r; st
+xenstore-chmod $r/b r5 n0; st
 xenstore-ls -p $r; st
 xenstore-exists $r/b/c; st
 xenstore-read $r/missing; st
