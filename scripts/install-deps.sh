@@ -6,6 +6,9 @@ set -euo pipefail
 need=()
 dpkg -s libxen-dev >/dev/null 2>&1 || need+=(libxen-dev)   # Xen's C headers, for differential tests
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# qemu-img/qemu-io: rblkback's qcow2 code is checked against QEMU's. The
+# test host's build installs qemu-system-x86 of the same version later.
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

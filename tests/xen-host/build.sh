@@ -46,6 +46,10 @@ GUEST612_VER=$(candidate "$GUEST612_PKG")
 BUSYBOX_VER=$(candidate busybox-static)
 LIBC_VER=$(candidate libc6)
 LIBGCC_VER=$(candidate libgcc-s1)
+# fio in guests (fio --verify, and the block benchmarks): built from
+# Debian's source package as a static binary, since Debian's binary
+# package links a dozen storage libraries (ceph, glusterfs, rdma, ...).
+FIO_VER=$(candidate fio)
 # e2fsprogs in guests: make, check and mount ext4 on a PV disk.
 GUEST_E2FS_DEBS="e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1"
 GUEST_E2FS_VERS=""
@@ -110,6 +114,25 @@ build_dom0() {
     pack_initramfs "$root" "$out/initrd.img"
 }
 
+# fio: Debian's orig tarball, checked against the checksum in its .dsc,
+# configured without optional libraries and linked statically.
+build_fio() {
+    local out=$1 up=${FIO_VER%-*} pool src want
+    pool=$(debian_mirror); pool=${pool%/}/pool/main/f/fio
+    src=$WORK/fio-src
+    mkdir -p "$src"
+    curl -fsSL "$pool/fio_${FIO_VER}.dsc" -o "$WORK/fio.dsc" || die "cannot download fio_${FIO_VER}.dsc from $pool"
+    curl -fsSL "$pool/fio_${up}.orig.tar.gz" -o "$WORK/fio.tar.gz" || die "cannot download fio_${up}.orig.tar.gz"
+    want=$(awk '/^Checksums-Sha256:/ {f = 1; next} f && /orig\.tar\.gz$/ {print $1; exit}' "$WORK/fio.dsc")
+    [ -n "$want" ] && echo "$want  $WORK/fio.tar.gz" | sha256sum -c --quiet - ||
+        die "fio_${up}.orig.tar.gz does not match the checksum in its .dsc"
+    tar -xzf "$WORK/fio.tar.gz" -C "$src" --strip-components=1
+    (cd "$src" && ./configure --build-static --disable-native >"$WORK/fio-configure.log" 2>&1 &&
+        make -j"$(nproc)" fio >"$WORK/fio-make.log" 2>&1) ||
+        { tail -20 "$WORK"/fio-*.log >&2; die "building fio failed"; }
+    install -m 0755 "$src/fio" "$out/fio"
+}
+
 # Guest modules: the PV front ends and the userspace Xen devices a test
 # program may open. ext4 and hvc0 are built into Debian's cloud kernels.
 GUEST_MODULES="xen-blkfront xen-netfront xen-evtchn xen-gntdev xen-gntalloc
@@ -150,6 +173,7 @@ build_guest() {
         done
     done
     for m in mkfs.ext4 mkfs.ext2; do ln -sf mke2fs "$root/sbin/$m"; done
+    install -m 0755 "$FIO_OUT/fio" "$root/usr/bin/fio"
     ln -sf e2fsck "$root/sbin/fsck.ext4"
 
     for kver_var in GUEST61 GUEST612; do
@@ -201,13 +225,15 @@ EOF
     sha256sum "$dir/rxen/known.bin" | cut -d' ' -f1 >"$out/known.sha256"
 }
 
+FIO_KEY=$(recipe_key build_fio "$FIO_VER")
 XEN_KEY=$(recipe_key build_xen "$XEN_VER")
 DOM0_KEY=$(recipe_key build_dom0 "$XEN_UTILS_VER" "$DOM0_PKG=$DOM0_VER" "$SUITE" \
     "$DOM0_MODULES" "$DOM0_PACKAGES" "$(hash_files "$HERE/lib.sh" "$HERE/dom0/init" "$HERE/dom0/rxen-agent")")
 GUEST_KEY=$(recipe_key build_guest "$GUEST61_PKG=$GUEST61_VER" "$GUEST612_PKG=$GUEST612_VER" \
-    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_E2FS_VERS" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
+    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_E2FS_VERS" "$FIO_KEY" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
 DISK_KEY=$(recipe_key build_disk)
 
+cached fio "$FIO_KEY" build_fio; FIO_OUT=$REPLY
 cached xen "$XEN_KEY" build_xen; XEN_OUT=$REPLY
 cached dom0 "$DOM0_KEY" build_dom0; DOM0_OUT=$REPLY
 cached guest "$GUEST_KEY" build_guest; GUEST_OUT=$REPLY

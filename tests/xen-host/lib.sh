@@ -81,7 +81,7 @@ apt_install() {
 # build; its qemu-img keeps working for everything else.
 install_host_packages() {
     local need=() p qv uv
-    for p in debootstrap cpio e2fsprogs kmod xz-utils python3 util-linux gzip; do
+    for p in debootstrap cpio e2fsprogs kmod xz-utils python3 util-linux gzip curl gcc make; do
         dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
     done
     if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then

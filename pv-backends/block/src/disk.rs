@@ -3,8 +3,9 @@
 //! [`Disk`] is what the request handler needs from storage: byte-addressed
 //! reads and writes, a cache flush, discard, and the geometry the xenbus
 //! handshake advertises. [`RawDisk`] serves a raw image file or a host
-//! block device; [`MemDisk`] keeps the disk in memory (tests, fuzzing).
-//! Image formats (qcow2, overlays) would be further implementations.
+//! block device; [`MemDisk`] keeps the disk in memory (tests, fuzzing);
+//! [`Qcow2Disk`](crate::qcow2::Qcow2Disk) serves qcow2 images and their
+//! backing chains, and [`crate::image`] chooses between them.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -62,6 +63,9 @@ pub enum DiskError {
     /// The storage cannot discard.
     #[error("the disk does not support discard")]
     DiscardUnsupported,
+    /// A qcow2 image cannot be opened or its metadata is bad.
+    #[error(transparent)]
+    Qcow2(#[from] crate::qcow2::Qcow2Error),
 }
 
 /// Storage for a virtual block device. Offsets and lengths are in bytes;
@@ -96,6 +100,53 @@ pub trait Disk: Send + Sync {
     fn flush(&self) -> Result<(), DiskError>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError>;
+}
+
+/// A disk chosen at run time (see [`crate::image::open_image`]).
+impl Disk for Box<dyn Disk> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn sector_size(&self) -> u32 {
+        (**self).sector_size()
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        (**self).physical_sector_size()
+    }
+
+    fn read_only(&self) -> bool {
+        (**self).read_only()
+    }
+
+    fn supports_discard(&self) -> bool {
+        (**self).supports_discard()
+    }
+
+    fn discard_granularity(&self) -> u32 {
+        (**self).discard_granularity()
+    }
+
+    fn buffer_alignment(&self) -> usize {
+        (**self).buffer_alignment()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        (**self).read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError> {
+        (**self).write_at(offset, buf)
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        (**self).flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        (**self).discard(offset, len)
+    }
 }
 
 /// How to open a [`RawDisk`].

@@ -1,8 +1,9 @@
 //! rblkback: a userspace dom0 block backend for Linux's xen-blkfront.
 //!
 //! One process serves one virtual block device (`vbd`) to one frontend,
-//! from a raw image file or a host block device. It speaks the PV block
-//! protocol of `xen/io/blkif.h` exactly as Linux's in-kernel xen-blkback
+//! from a raw image file, a host block device or a qcow2 image with its
+//! backing chain ([`qcow2`], [`image`]). It speaks the PV block protocol
+//! of `xen/io/blkif.h` exactly as Linux's in-kernel xen-blkback
 //! does towards xen-blkfront: the same xenstore nodes and states
 //! ([`xenbus`]), multi-page and multi-queue rings ([`queue`]), indirect
 //! requests, persistent grants ([`grants`]), flush, barrier and discard,
@@ -20,6 +21,8 @@
 //! | [`device`] | the I/O of one request: grants to disk and back |
 //! | [`grants`] | mapping the frontend's pages, persistent or per request |
 //! | [`disk`] | the storage: raw file or block device, or memory |
+//! | [`qcow2`] | qcow2 images with backing files, and creating them |
+//! | [`image`] | choosing the format; per-guest overlays over a shared base |
 //! | [`stats`] | request counters |
 //! | [`memgrant`] | an in-process grant table for tests and fuzzing |
 //!
@@ -33,8 +36,10 @@
 pub mod device;
 pub mod disk;
 pub mod grants;
+pub mod image;
 pub mod memgrant;
 pub mod platform;
+pub mod qcow2;
 pub mod queue;
 pub mod request;
 pub mod stats;
@@ -43,6 +48,8 @@ mod sys;
 pub mod xenbus;
 
 pub use disk::{Disk, DiskError, MemDisk, RawDisk, RawDiskOptions};
+pub use image::{create_overlay, open_image, ImageFormat};
+pub use qcow2::{Qcow2Disk, Qcow2Error, Qcow2Options};
 pub use platform::{LoopbackPlatform, Platform, PlatformError, XenPlatform};
 pub use stop::StopSignal;
 pub use xenbus::{Backend, BackendConfig, BackendError, XenbusState};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use rblkback::{Backend, BackendConfig, LoopbackPlatform, Platform, RawDisk, RawDiskOptions, StopSignal, XenPlatform};
+use rblkback::{Backend, BackendConfig, Disk, ImageFormat, LoopbackPlatform, Platform, RawDiskOptions, StopSignal, XenPlatform};
 
 const SYNTAX: &str = "\
 The toolstack must have created the device in xenstore first (as xl
@@ -13,14 +13,35 @@ block-attach does): /local/domain/BACKEND/backend/KIND/DOMID/DEVID with a
 `frontend` node, and the frontend's directory. rblkback then writes the
 device's features and state there, serves the frontend until it closes,
 goes back to InitWait for a reconnect, and exits on SIGTERM/SIGINT (state
-Closed) or when the toolstack sets `online` to 0.
+Closed, or left Connected with --keep-connected) or when the toolstack
+sets `online` to 0.
+
+Restart and upgrade: started for a device whose backend and frontend both
+read Connected (the previous rblkback was killed, crashed, or stopped with
+--keep-connected), rblkback takes over the running rings without a state
+change: the guest's blkfront keeps its disk, and requests the old process
+left unanswered are carried out again.
 
 Examples:
   rblkback --domid 3 --devid 51712 --path /srv/guest.img
   rblkback --domid 3 --devid 51728 --path /dev/vg0/data --read-only
+  rblkback --domid 3 --devid 51712 --path /srv/guest3.qcow2 --format qcow2
   rblkback --platform loopback --loopback-dir /tmp/hv --domid 1 --devid 51712 --path disk.img
 
 Exit codes: 0 stopped or device removed; 1 error.";
+
+/// The image format (--format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    /// The bytes of the file or block device are the disk's.
+    Raw,
+    /// A qcow2 image; its backing chain is opened read-only.
+    Qcow2,
+    /// qcow2 if the image starts with the qcow2 magic, raw otherwise. Only
+    /// for images the host made: a guest can write a qcow2 header into a
+    /// raw disk.
+    Auto,
+}
 
 /// Where the backend runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,7 +52,8 @@ enum PlatformKind {
     Loopback,
 }
 
-/// Serve a raw image file or block device to a Xen guest's xen-blkfront.
+/// Serve a raw image file, block device or qcow2 image to a Xen guest's
+/// xen-blkfront.
 #[derive(Debug, Parser)]
 #[command(name = "rblkback", version, after_help = SYNTAX)]
 struct Cli {
@@ -53,6 +75,9 @@ struct Cli {
     /// The image file or block device to serve.
     #[arg(long)]
     path: PathBuf,
+    /// The image's format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+    format: FormatArg,
     /// Serve the disk read-only (VDISK_READONLY; writes fail).
     #[arg(long)]
     read_only: bool,
@@ -60,7 +85,8 @@ struct Cli {
     /// device's, 512 for files).
     #[arg(long)]
     sector_size: Option<u32>,
-    /// Open the image with O_DIRECT, bypassing the host page cache.
+    /// Open the image with O_DIRECT, bypassing the host page cache (raw
+    /// images only).
     #[arg(long)]
     direct: bool,
     /// Most queues (rings) offered: multi-queue-max-queues.
@@ -72,6 +98,10 @@ struct Cli {
     /// Segments per indirect request offered: feature-max-indirect-segments.
     #[arg(long, default_value_t = 256)]
     max_indirect_segments: u32,
+    /// On SIGTERM/SIGINT leave a connected device Connected, for a new
+    /// rblkback to take over (an upgrade), instead of closing it.
+    #[arg(long)]
+    keep_connected: bool,
     /// Do not offer persistent grants (feature-persistent = 0).
     #[arg(long)]
     no_persistent: bool,
@@ -98,7 +128,7 @@ enum MainError {
     Signal(std::io::Error),
 }
 
-fn serve<P: Platform>(platform: P, disk: Arc<RawDisk>, cfg: BackendConfig) -> Result<(), MainError> {
+fn serve<P: Platform>(platform: P, disk: Arc<Box<dyn Disk>>, cfg: BackendConfig) -> Result<(), MainError> {
     let stop = StopSignal::on_termination().map_err(MainError::Signal)?;
     let mut backend = Backend::new(platform, disk, cfg)?;
     backend.run(stop)?;
@@ -106,12 +136,19 @@ fn serve<P: Platform>(platform: P, disk: Arc<RawDisk>, cfg: BackendConfig) -> Re
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
-    let disk = Arc::new(RawDisk::open(
+    let format = match cli.format {
+        FormatArg::Raw => Some(ImageFormat::Raw),
+        FormatArg::Qcow2 => Some(ImageFormat::Qcow2),
+        FormatArg::Auto => None,
+    };
+    let disk = Arc::new(rblkback::open_image(
         &cli.path,
+        format,
         RawDiskOptions { read_only: cli.read_only, direct: cli.direct, sector_size: cli.sector_size },
     )?);
     let mut cfg = BackendConfig::new(cli.backend_domid, cli.domid, cli.devid);
     cfg.kind = cli.kind;
+    cfg.keep_connected = cli.keep_connected;
     if let Some(max_queues) = cli.max_queues {
         cfg.max_queues = max_queues;
     }

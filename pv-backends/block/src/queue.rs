@@ -7,6 +7,22 @@
 //! only after `RING_FINAL_CHECK_FOR_REQUESTS` found nothing new. A ring the
 //! frontend broke (a producer index beyond what the ring can hold) ends
 //! the loop with an error; the device is then torn down.
+//!
+//! A queue can also take over a ring that a previous backend process
+//! served ([`Queue::resuming`]): the backend's private indices died with
+//! that process, so the queue starts at the shared `rsp_prod`, serves
+//! again every request published after it (those the old process had
+//! taken but not answered, and those published since), and notifies the
+//! frontend after its first batch in case the old process pushed
+//! responses and died before sending their event.
+//!
+//! Serving a request again is safe at the block level (a read or write of
+//! the same sectors, a flush), with one limit set by the ring: a response
+//! is written into the slot of the request it answers, and only the push
+//! of `rsp_prod` tells the frontend, so a backend that dies between
+//! writing responses and pushing them leaves slots that hold neither the
+//! request nor a published response. The loop therefore writes a batch's
+//! responses only once all of them are ready, and pushes them at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +90,9 @@ pub struct Queue<G: GrantMap, E: EventChannels> {
     ring: G::Mapped,
     evtchn: E,
     port: EvtchnPort,
+    /// Notify the frontend after the first batch, whatever `rsp_event`
+    /// says: set when taking over from a previous backend.
+    kick: bool,
 }
 
 impl<G: GrantMap, E: EventChannels> std::fmt::Debug for Queue<G, E> {
@@ -87,6 +106,10 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
     /// channel `remote_port` through `evtchn`, a handle of this queue's own.
     /// Refuses a ring whose indices already claim more requests than it
     /// holds (as blkback's `xen_blkif_map`).
+    ///
+    /// Serving starts at the ring's `rsp_prod`: on a fresh ring that is
+    /// where the frontend starts too, and on a ring taken over from a
+    /// previous backend it is the first request without a response.
     pub fn connect(
         index: u32,
         grants: &G,
@@ -109,7 +132,18 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let port = evtchn
             .bind_interdomain(frontend, remote_port)
             .map_err(|source| QueueError::Evtchn { queue: index, source })?;
-        Ok(Queue { index, ring, evtchn, port })
+        Ok(Queue { index, ring, evtchn, port, kick: false })
+    }
+
+    /// Marks the queue as taking over a ring that a previous backend
+    /// process served: it sends the frontend an event after its first
+    /// batch (empty or not), since that process may have pushed responses
+    /// and died before notifying them. A spurious event costs the
+    /// frontend one look at its ring.
+    #[must_use]
+    pub fn resuming(mut self) -> Self {
+        self.kick = true;
+        self
     }
 
     /// The local port of the queue's event channel.
@@ -128,7 +162,12 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(mem, start).map_err(ring_error)?;
         let size = ring.size();
         let mut batch = Vec::with_capacity(size as usize);
+        let mut responses = Vec::with_capacity(size as usize);
         log::debug!("queue {queue}: serving a {size}-slot ring on port {}", self.port);
+        if self.kick {
+            log::debug!("queue {queue}: resuming at request {}", start.0);
+        }
+        let mut kick = self.kick;
         loop {
             if stop.is_stopped() {
                 return Ok(());
@@ -142,15 +181,25 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                     None => break,
                 }
             }
-            for request in &batch {
-                let response = device.handle(request);
-                ring.put_response(&response).map_err(ring_error)?;
+            // Serve the whole batch before writing any response: a response
+            // takes the slot of a request, and until the push covers it a
+            // backend that dies leaves a slot that is neither (see the
+            // module documentation); writing them all at once keeps that
+            // window to a few stores.
+            responses.clear();
+            responses.extend(batch.iter().map(|request| device.handle(request)));
+            for response in &responses {
+                ring.put_response(response).map_err(ring_error)?;
             }
             if !batch.is_empty() {
-                if ring.push_responses_and_check_notify().map_err(ring_error)? {
+                let notify = ring.push_responses_and_check_notify().map_err(ring_error)?;
+                if notify || std::mem::take(&mut kick) {
                     self.evtchn.notify(self.port).map_err(evtchn_error)?;
                 }
                 continue;
+            }
+            if std::mem::take(&mut kick) {
+                self.evtchn.notify(self.port).map_err(evtchn_error)?;
             }
             if ring.final_check_for_requests().map_err(ring_error)? {
                 continue;

@@ -28,6 +28,20 @@
 //!
 //! A frontend that sends bad configuration, or breaks a ring, gets its
 //! device failed: an `error` node, and the backend moves to Closing.
+//!
+//! *Take-over*: Linux's blkfront does not reconnect on its own once its
+//! backend leaves Connected while the disk is in use, so a backend process
+//! that is restarted (after a crash, a kill, or an upgrade that stopped the
+//! old one with [`BackendConfig::keep_connected`]) must pick up the running
+//! connection without the frontend noticing. When both `state` nodes read
+//! Connected at start-up, the backend skips the handshake: it reads the
+//! frontend's ring nodes as in *Connect*, maps the rings, binds the
+//! frontend's event channels again (the old process's ports closed when it
+//! died, which left the frontend's ends unbound and offered to us), and
+//! serves again every request without a response (see [`queue`]). Nothing
+//! in xenstore changes but a `sectors` that no longer matches the disk,
+//! which is rewritten as blkback does on a resize. In any other pair of
+//! states the backend starts the handshake afresh.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -81,6 +95,12 @@ pub struct BackendConfig {
     /// How long the control loop waits for a xenstore event before it
     /// checks the stop signal and the queues again.
     pub poll_interval: Duration,
+    /// On a stop request (SIGTERM), leave a connected device Connected in
+    /// xenstore instead of moving it to Closed, so that the next backend
+    /// process started for it takes the connection over (an upgrade). The
+    /// queues still stop cleanly: every request taken off a ring is
+    /// answered, and every grant and event channel is released.
+    pub keep_connected: bool,
 }
 
 impl BackendConfig {
@@ -98,6 +118,7 @@ impl BackendConfig {
             max_persistent_grants: DEFAULT_MAX_PERSISTENT_GRANTS,
             poll_interval: Duration::from_millis(200),
             kind: "vbd".to_owned(),
+            keep_connected: false,
         }
     }
 
@@ -159,12 +180,43 @@ pub enum BackendError {
     /// A transaction kept conflicting.
     #[error("a xenstore transaction on {0} kept conflicting")]
     TransactionConflict(String),
+    /// Taking over a connected frontend failed to bind its event channel:
+    /// another backend process most likely still serves the device.
+    #[error(
+        "{path}: cannot take over the connected frontend: {source}; \
+         stop the backend process still serving the device, then start this one again"
+    )]
+    TakeOver {
+        /// The backend directory.
+        path: String,
+        /// The queue's error.
+        #[source]
+        source: QueueError,
+    },
 }
 
 /// The running queues of a connected device.
 struct Connection {
     stop: Arc<StopSignal>,
     threads: Vec<JoinHandle<Result<(), QueueError>>>,
+}
+
+/// How rings are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    /// A handshake: the frontend set up fresh rings.
+    Connect,
+    /// A take-over of rings a previous backend process served.
+    Resume,
+}
+
+/// Why the backend stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The stop signal.
+    Stopped,
+    /// The toolstack took the device offline, or the frontend is gone.
+    Removed,
 }
 
 /// What to do after a frontend state change.
@@ -252,17 +304,35 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
     }
 
     /// Serves the device until `stop`, or until the toolstack removes it;
-    /// then disconnects and leaves the backend Closed.
+    /// then disconnects and leaves the backend Closed (or, with
+    /// [`BackendConfig::keep_connected`] and a device connected when
+    /// `stop` came, Connected for the next backend process to take over).
+    ///
+    /// A device found connected on both ends, as a previous backend
+    /// process left it, is taken over without a handshake.
     pub fn run(&mut self, stop: &StopSignal) -> Result<(), BackendError> {
-        self.probe()?;
+        if !self.resume()? {
+            self.probe()?;
+        }
         let state_path = format!("{}/state", self.fe_path);
         let token = format!("rblkback:{}", self.be_path);
-        self.store
-            .watch(&state_path, &token)
-            .map_err(|source| BackendError::Xenstore { op: "watch", path: state_path.clone(), source })?;
+        if let Err(source) = self.store.watch(&state_path, &token) {
+            self.disconnect();
+            return Err(BackendError::Xenstore { op: "watch", path: state_path, source });
+        }
         let result = self.serve(stop);
+        let hand_over = self.cfg.keep_connected
+            && matches!(result, Ok(Ended::Stopped))
+            && self.state == XenbusState::Connected
+            && self.connection.is_some();
+        let result = result.map(drop);
         self.disconnect();
-        let closed = self.switch(XenbusState::Closed);
+        let closed = if hand_over {
+            log::info!("{}: left Connected for the next backend process to take over", self.be_path);
+            Ok(())
+        } else {
+            self.switch(XenbusState::Closed)
+        };
         if let Err(e) = self.store.unwatch(&state_path, &token) {
             log::debug!("unwatching {state_path}: {e}");
         }
@@ -281,20 +351,72 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         result.and(closed)
     }
 
-    fn serve(&mut self, stop: &StopSignal) -> Result<(), BackendError> {
+    fn serve(&mut self, stop: &StopSignal) -> Result<Ended, BackendError> {
         loop {
             if stop.is_stopped() {
                 log::info!("{}: asked to stop", self.be_path);
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
             self.check_queues()?;
             let event = self.store.read_watch(Some(self.cfg.poll_interval)).map_err(|source| {
                 BackendError::Xenstore { op: "read watch", path: self.fe_path.clone(), source }
             })?;
             if event.is_some() && self.frontend_changed()? == Next::Exit {
-                return Ok(());
+                return Ok(Ended::Removed);
             }
         }
+    }
+
+    /// Takes over the connection of a previous backend process if both
+    /// ends read Connected; returns whether it did (or failed the device
+    /// trying), false to go through the handshake instead.
+    fn resume(&mut self) -> Result<bool, BackendError> {
+        let backend = self.read_state(&format!("{}/state", self.be_path))?;
+        let frontend = self.read_state(&format!("{}/state", self.fe_path))?;
+        if backend != XenbusState::Connected {
+            return Ok(false);
+        }
+        if frontend != XenbusState::Connected {
+            log::info!(
+                "{}: a previous backend left the device Connected but the frontend is {frontend:?}; starting over",
+                self.be_path
+            );
+            return Ok(false);
+        }
+        log::info!("{}: the frontend is connected to a previous backend process; taking over", self.be_path);
+        self.frontend_seen = true;
+        self.state = XenbusState::Connected;
+        match self.connect_rings(Attach::Resume) {
+            Ok(connection) => self.connection = Some(connection),
+            Err(e @ (BackendError::Xenstore { .. } | BackendError::Platform(_) | BackendError::Spawn(_))) => {
+                return Err(e)
+            }
+            // The frontend's port is still bound: most likely to the old
+            // process. Failing the device would break its connection.
+            Err(BackendError::Queue(source @ QueueError::Evtchn { .. })) => {
+                return Err(BackendError::TakeOver { path: self.be_path.clone(), source })
+            }
+            Err(e) => {
+                self.fail(&e)?;
+                return Ok(true);
+            }
+        }
+        let sectors = (self.disk.size() / 512).to_string();
+        let published = self.read_frontend(&format!("{}/sectors", self.be_path))?;
+        if published.as_deref() != Some(sectors.as_str()) {
+            // As blkback's xen_vbd_resize: the new size, then the state
+            // again so that blkfront's watch fires and it reads the size.
+            log::warn!(
+                "{}: the disk has {sectors} sectors, the frontend was told {}; announcing the new size",
+                self.be_path,
+                published.as_deref().unwrap_or("nothing")
+            );
+            self.commit(|tx| {
+                self.write(tx, "sectors", &sectors)?;
+                self.write(tx, "state", XenbusState::Connected.as_str())
+            })?;
+        }
+        Ok(true)
     }
 
     /// Writes what the frontend reads before and after connecting, and
@@ -372,6 +494,14 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         }
     }
 
+    /// Reads a `state` node; Unknown if it is missing or unreadable.
+    fn read_state(&self, path: &str) -> Result<XenbusState, BackendError> {
+        Ok(match self.read_frontend(path)? {
+            None => XenbusState::Unknown,
+            Some(value) => XenbusState::parse(value.as_bytes()).unwrap_or(XenbusState::Unknown),
+        })
+    }
+
     /// Reads an unsigned frontend node, `default` if it does not exist.
     fn read_unsigned(&self, path: &str, default: Option<u32>) -> Result<u32, BackendError> {
         match (self.read_frontend(path)?, default) {
@@ -390,11 +520,7 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
     }
 
     fn frontend_changed(&mut self) -> Result<Next, BackendError> {
-        let path = format!("{}/state", self.fe_path);
-        let state = match self.read_frontend(&path)? {
-            None => XenbusState::Unknown,
-            Some(value) => XenbusState::parse(value.as_bytes()).unwrap_or(XenbusState::Unknown),
-        };
+        let state = self.read_state(&format!("{}/state", self.fe_path))?;
         log::debug!("{}: frontend is {state:?}, backend {:?}", self.be_path, self.state);
         if state != XenbusState::Unknown {
             self.frontend_seen = true;
@@ -444,43 +570,59 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
     /// fails the device instead of the backend.
     fn connect(&mut self) -> Result<(), BackendError> {
         self.disconnect();
-        match self.connect_rings() {
+        match self.connect_rings(Attach::Connect) {
             Ok(connection) => self.connection = Some(connection),
             Err(e @ (BackendError::Xenstore { .. } | BackendError::Platform(_) | BackendError::Spawn(_))) => {
                 return Err(e)
             }
             Err(e) => return self.fail(&e),
         }
-        for attempt in 0.. {
+        self.commit(|tx| self.write_device_nodes(tx))?;
+        self.switch(XenbusState::Connected)
+    }
+
+    /// Runs `writes` in a transaction on the backend directory, again
+    /// while it conflicts.
+    fn commit(&self, writes: impl Fn(Transaction) -> Result<(), BackendError>) -> Result<(), BackendError> {
+        for _ in 0..64 {
             let tx = self.store.transaction_start().map_err(|source| BackendError::Xenstore {
                 op: "start a transaction on",
                 path: self.be_path.clone(),
                 source,
             })?;
-            if let Err(e) = self.write_device_nodes(tx) {
+            if let Err(e) = writes(tx) {
                 let _ = self.store.transaction_end(tx, false);
                 return Err(e);
             }
             match self.store.transaction_end(tx, true) {
-                Ok(()) => break,
-                Err(e) if e.is_again() && attempt < 64 => continue,
-                Err(e) if e.is_again() => return Err(BackendError::TransactionConflict(self.be_path.clone())),
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_again() => continue,
                 Err(source) => {
                     return Err(BackendError::Xenstore { op: "commit a transaction on", path: self.be_path.clone(), source })
                 }
             }
         }
-        self.switch(XenbusState::Connected)
+        Err(BackendError::TransactionConflict(self.be_path.clone()))
     }
 
-    fn connect_rings(&mut self) -> Result<Connection, BackendError> {
+    /// Reads the frontend's ring nodes, maps its rings, binds its event
+    /// channels and starts a thread per queue.
+    fn connect_rings(&mut self, attach: Attach) -> Result<Connection, BackendError> {
         let fe = self.fe_path.clone();
         match self.read_frontend(&format!("{fe}/protocol"))? {
             None => {}
             Some(p) if p == PROTOCOL_X86_64 => {}
             Some(p) => return Err(BackendError::Protocol(p)),
         }
-        let persistent = self.cfg.persistent && self.read_unsigned(&format!("{fe}/feature-persistent"), Some(0))? != 0;
+        let mut persistent =
+            self.cfg.persistent && self.read_unsigned(&format!("{fe}/feature-persistent"), Some(0))? != 0;
+        if attach == Attach::Resume {
+            // The frontend keeps what it agreed with the previous backend:
+            // persistent grants only if that one offered them too (a
+            // frontend without them ends each grant after its response).
+            let offered = format!("{}/feature-persistent", self.be_path);
+            persistent &= self.read_unsigned(&offered, Some(0))? != 0;
+        }
         let queues = self.read_unsigned(&format!("{fe}/multi-queue-num-queues"), Some(1))?;
         if queues == 0 || queues > self.cfg.max_queues {
             return Err(BackendError::TooMuch { what: "queues", requested: queues, max: self.cfg.max_queues });
@@ -511,7 +653,11 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         let mut connected = Vec::new();
         for (q, (refs, port)) in (0..).zip(&rings) {
             let evtchn = self.platform.event_channels()?;
-            connected.push(Queue::connect(q, &*self.grants, evtchn, self.cfg.frontend_domid, refs, *port)?);
+            let queue = Queue::connect(q, &*self.grants, evtchn, self.cfg.frontend_domid, refs, *port)?;
+            connected.push(match attach {
+                Attach::Connect => queue,
+                Attach::Resume => queue.resuming(),
+            });
         }
         let limits = Limits {
             sectors: self.disk.size() / 512,
@@ -538,8 +684,12 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
             }
         }
         log::info!(
-            "{}: connected {queues} queue(s) of {} ring page(s){}",
+            "{}: {} {queues} queue(s) of {} ring page(s){}",
             self.be_path,
+            match attach {
+                Attach::Connect => "connected",
+                Attach::Resume => "took over",
+            },
             1u32 << order.unwrap_or(0),
             if persistent { " with persistent grants" } else { "" }
         );

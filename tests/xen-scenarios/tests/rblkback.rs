@@ -63,12 +63,58 @@ for spec in $rxen_blk; do
     mount -t ext4 -o ro $dev /mnt/$name && sum2=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
     umount /mnt/$name
     fsck.ext4 -fn $dev >/dev/null 2>&1; fsck=$?
+    # fio on the mounted file system: sequential and random writes, each
+    # verified by reading back (crc32c per block).
+    mount -t ext4 $dev /mnt/$name
+    fio --name=seq --filename=/mnt/$name/fio-seq --size=24M --rw=write --bs=1M \
+        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-seq.log 2>&1; seq=$?
+    fio --name=rand --filename=/mnt/$name/fio-rand --size=8M --rw=randwrite --bs=4k \
+        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-rand.log 2>&1; rand=$?
+    umount /mnt/$name
+    echo "RXEN-BLK $name FIO seq=$seq rand=$rand"
+    [ $seq = 0 ] && [ $rand = 0 ] || tail -5 /tmp/fio-seq.log /tmp/fio-rand.log
     if [ "$sum" = "$sum2" ] && [ $fsck = 0 ]; then
         echo "RXEN-BLK $name PASS sha256=$sum"
     else
         echo "RXEN-BLK $name FAIL wrote=$sum read=$sum2 fsck=$fsck"
     fi
 done
+"#;
+
+/// The suite check's guest side: the shared base is the test disk (ext4
+/// with `rxen/known.bin`); each guest writes its own file through its
+/// overlay and must see no other guest's.
+const SUITE_SCRIPT: &str = r#"#!/bin/sh
+dev=/dev/xvdb
+i=0; while [ ! -b $dev ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
+mkdir -p /mnt/s && mount -t ext4 $dev /mnt/s || { echo "RXEN-SUITE FAIL mount"; exit 1; }
+known=$(sha256sum /mnt/s/rxen/known.bin | cut -d' ' -f1)
+dd if=/dev/urandom of=/mnt/s/mine-$rxen_me bs=1M count=4 2>/dev/null
+sum=$(sha256sum /mnt/s/mine-$rxen_me | cut -d' ' -f1)
+umount /mnt/s
+echo 3 >/proc/sys/vm/drop_caches
+mount -t ext4 $dev /mnt/s && sum2=$(sha256sum /mnt/s/mine-$rxen_me | cut -d' ' -f1)
+others=$(ls /mnt/s | grep '^mine-' | grep -v "^mine-$rxen_me\$" | tr '\n' ' ')
+umount /mnt/s
+fsck.ext4 -fn $dev >/dev/null 2>&1; fsck=$?
+if [ "$sum" = "$sum2" ]; then mine=ok; else mine=bad; fi
+echo "RXEN-SUITE known=$known mine=$mine fsck=$fsck others=[$others]"
+"#;
+
+/// The restart check's guest side: ext4 on xvdb, then fio writing and
+/// verifying while dom0 kills rblkback (SIGKILL) and starts a new one.
+const RESTART_SCRIPT: &str = r#"#!/bin/sh
+dev=/dev/xvdb
+i=0; while [ ! -b $dev ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
+mkfs.ext4 -q -F $dev && mkdir -p /mnt/r && mount -t ext4 $dev /mnt/r || { echo "RXEN-RESTART FAIL setup"; exit 1; }
+echo "RXEN-RESTART fio-start"
+rc=0
+for pass in 1 2 3; do
+    fio --name=p$pass --filename=/mnt/r/f$pass --size=16M --rw=randwrite --bs=16k \
+        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-$pass.log 2>&1 || { rc=1; tail -5 /tmp/fio-$pass.log; }
+done
+umount /mnt/r && fsck.ext4 -fn $dev >/dev/null 2>&1 || rc=2
+echo "RXEN-RESTART done rc=$rc"
 "#;
 
 // Boots Xen under QEMU: run by `make test-xen` (release, after `make
@@ -94,6 +140,20 @@ fn rblkback_serves_linux_blkfront() {
         if let Ok(log) = host.run("tail -n 40 /var/log/xen/rblkback-*.log") {
             failures.push(format!("rblkback logs:\n{}", log.stdout));
         }
+    }
+    let r = host.scenario(
+        "two guests share a read-only suite image, each writing to its own qcow2 overlay",
+        |h| suite_with_overlays(h, &mut figures),
+    );
+    if let Err(e) = r {
+        failures.push(format!("suite: {e}"));
+    }
+    let r = host.scenario(
+        "a guest's fio verifies its writes while rblkback is killed and restarted",
+        |h| restart_under_load(h, &mut figures),
+    );
+    if let Err(e) = r {
+        failures.push(format!("restart: {e}"));
     }
     let r = host.scenario(
         "rblkfront in a 6.12 PV guest's userspace reads and writes a disk from Linux's blkback",
@@ -207,6 +267,12 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         p61_said.contains(&format!("xvdc RO write=refused sha256={want_known}")),
         format!("read-only xvdc: expected refused writes and sha256 {want_known}: {p61_said:?}"),
     )?;
+    for (said, who) in [(&p61_said, "6.1"), (&pv_said, "6.12")] {
+        ensure(
+            said.iter().any(|l| l == "xvdb FIO seq=0 rand=0"),
+            format!("fio --verify in the {who} guest: {said:?}"),
+        )?;
+    }
     ensure(
         p61_said.iter().any(|l| l == "xvdb size=262144 ro=0"),
         format!("xvdb should be 128 MiB (262144 sectors), writable: {p61_said:?}"),
@@ -281,6 +347,156 @@ fn rblkfront_against_blkback(h: &mut XenHost, figures: &mut Figures) -> Result<(
     ensure(
         blank.trim() == "written",
         "the image is still blank after rblkfront's writes".to_owned(),
+    )?;
+    Ok(())
+}
+
+/// rblkback's take-over: a guest's ext4 and fio (random writes, each
+/// verified) keep working while dom0 kills the backend process with
+/// SIGKILL and starts a new one for the same device; the new process finds
+/// both ends Connected and serves the running rings, re-running what the
+/// old one left unanswered. Linux's blkfront never sees a state change.
+fn restart_under_load(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange
+    h.run_ok("set -e; mkdir -p /var/lib/rxen; truncate -s 128M /var/lib/rxen/restart.img\n")?;
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/20-restart", 0o755, RESTART_SCRIPT.as_bytes());
+    let initrd = h.guest_initrd_with("restart", overlay)?;
+    let guest = GuestConfig::new("blk-restart", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd)
+        .hold();
+
+    // Act
+    let g = h.xl_create(&guest)?;
+    attach(h, &g.name, XVDB, "/var/lib/rxen/restart.img", false)?;
+    h.wait_guest_line(&g, "RXEN-RESTART fio-start", GUEST_DONE)?;
+    let restarts = h.run_ok(&format!(
+        r#"set -e
+d=$(xl domid {name})
+n=0
+for round in 1 2; do
+    sleep 3
+    pid=$(pgrep -f "rblkback --kind {KIND} --domid $d --devid {XVDB} ") || true
+    [ -n "$pid" ] || {{ echo "no rblkback to kill"; exit 1; }}
+    kill -9 $pid
+    while kill -0 $pid 2>/dev/null; do sleep 0.1; done
+    rblkback --kind {KIND} --domid $d --devid {XVDB} --path /var/lib/rxen/restart.img \
+        >>/var/log/xen/rblkback-$d-{XVDB}.log 2>&1 &
+    n=$((n + 1))
+done
+echo "restarted $n"
+xenstore-read /local/domain/0/backend/{KIND}/$d/{XVDB}/state
+"#,
+        name = g.name
+    ))?;
+    let done = h.wait_guest_line(&g, "RXEN-RESTART done", GUEST_DONE)?;
+    figures.record("blk-restart create to fio done", done.since_create);
+    let console = h.guest_console(&g.name)?;
+    h.xl_destroy(&g.name)?;
+
+    // Assert
+    ensure(
+        restarts.lines().next() == Some("restarted 2") && restarts.lines().nth(1) == Some("4"),
+        format!("dom0 did not restart rblkback twice with the device connected: {restarts:?}"),
+    )?;
+    ensure(
+        done.line.trim_end().ends_with("RXEN-RESTART done rc=0"),
+        format!("the guest's fio/fsck across backend restarts: {}\n{}", done.line, tail_lines(&console, 30)),
+    )?;
+    ensure(
+        !console.contains("I/O error"),
+        format!("the guest saw I/O errors:\n{}", tail_lines(&console, 30)),
+    )?;
+    Ok(())
+}
+
+fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The mission's "suite" layout: one read-only base image (the test disk,
+/// ext4 with a file of known checksum) shared by two guests, each served
+/// by rblkback from its own qcow2 overlay. The overlays are made by QEMU's
+/// `qemu-img` (a peer's tool) on the build machine with the base's dom0
+/// path as backing file. Each guest reads the base's file, writes its own,
+/// reads it back after a remount and sees nothing of the other's; the base
+/// image's checksum in dom0 is unchanged.
+fn suite_with_overlays(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange
+    let want_known = h.manifest().guest_disk_sha256()?.to_owned();
+    let base = xen_harness::dom0_paths::GUEST_DISK;
+    let scratch = std::env::temp_dir().join(format!("rxen-suite-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| xen_harness::Error::Check(format!("{e}")))?;
+    for name in ["suite-a", "suite-b"] {
+        let ov = scratch.join(format!("{name}.qcow2"));
+        let _ = std::fs::remove_file(&ov);
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", base])
+            .arg(&ov)
+            .arg("32M")
+            .output()
+            .map_err(|e| xen_harness::Error::Check(format!("qemu-img: {e} (install qemu-utils)")))?;
+        ensure(out.status.success(), format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let data = std::fs::read(&ov).map_err(|e| xen_harness::Error::Check(format!("{e}")))?;
+        h.put_file(&format!("/var/lib/rxen/{name}.qcow2"), &data, 0o644)?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let base_before = h.run_ok(&format!("sha256sum {base} | cut -d' ' -f1"))?;
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/20-suite", 0o755, SUITE_SCRIPT.as_bytes());
+    let initrd = h.guest_initrd_with("suite", overlay)?;
+
+    // Act
+    let start = Instant::now();
+    let mut guests = Vec::new();
+    for (name, kernel) in [("suite-a", GuestKernel::Linux61), ("suite-b", GuestKernel::Linux612)] {
+        let g = h.xl_create(
+            &GuestConfig::new(name, GuestKind::Pv, kernel)
+                .with_ramdisk(&initrd)
+                .with_cmdline(&format!("rxen_me={name}"))
+                .hold(),
+        )?;
+        h.run_ok(&format!(
+            r#"set -e
+d=$(xl domid {name})
+be=/local/domain/0/backend/{KIND}/$d/{XVDB}
+fe=/local/domain/$d/device/vbd/{XVDB}
+img=/var/lib/rxen/{name}.qcow2
+xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
+    $be/params $img $be/mode w $be/type qcow2 $be/device-type disk
+xenstore-chmod -r $be n0 r$d
+rblkback --kind {KIND} --domid $d --devid {XVDB} --path $img --format qcow2 \
+    >/var/log/xen/rblkback-$d-{XVDB}.log 2>&1 &
+xenstore-write $fe ""
+xenstore-chmod $fe n$d r0
+xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {XVDB} $fe/device-type disk
+xenstore-write $fe/state 1
+"#
+        ))?;
+        guests.push(g);
+    }
+    let lines = h.wait_guest_lines(
+        &[(&guests[0], "RXEN-SUITE "), (&guests[1], "RXEN-SUITE ")],
+        GUEST_DONE,
+    )?;
+    figures.record("suite guests' overlay work done", start.elapsed());
+    let base_after = h.run_ok(&format!("sha256sum {base} | cut -d' ' -f1"))?;
+    for g in &guests {
+        h.xl_destroy(&g.name)?;
+    }
+
+    // Assert
+    for (g, line) in guests.iter().zip(&lines) {
+        let want = format!("RXEN-SUITE known={want_known} mine=ok fsck=0 others=[]");
+        ensure(
+            line.line.trim_end().ends_with(&want),
+            format!("{}: {:?}, expected {want:?}", g.name, line.line),
+        )?;
+    }
+    ensure(
+        !base_before.trim().is_empty() && base_before == base_after,
+        format!("the shared base image changed: {base_before:?} -> {base_after:?}"),
     )?;
     Ok(())
 }
