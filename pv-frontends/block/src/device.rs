@@ -1,6 +1,12 @@
 //! The block device: connecting, and reads, writes, flushes and discards
 //! carried as blkif requests.
 //!
+//! [`BlockFrontend::read`] and [`BlockFrontend::write`] carry one transfer
+//! and return when it is done; [`BlockFrontend::read_many`] and
+//! [`BlockFrontend::write_many`] carry a batch of independent transfers
+//! (e.g. 32 random 4 KiB reads) with as many in flight at once as the
+//! rings hold, as a queue of depth N would.
+//!
 //! A read or write is split into requests of at most
 //! [`BlockFrontend::max_request_bytes`] (one page per segment, 11 segments
 //! direct or, when the backend offers `feature-max-indirect-segments`, an
@@ -102,6 +108,8 @@ impl FrontendConfig {
 /// What was negotiated for one connection.
 struct Connection<Sh: SharedGrants> {
     queues: Vec<Queue<Sh>>,
+    /// Ring pages per queue, as a power of two.
+    ring_page_order: u32,
     disk: DiskInfo,
     persistent: bool,
     /// Segments per request: 11, or more with indirect requests.
@@ -130,18 +138,81 @@ impl<Sh: SharedGrants> Connection<Sh> {
     }
 }
 
-/// The caller's buffer of a read or write.
-enum Buffer<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
+/// The caller's buffers of one read or write call: a `(sector, bytes)`
+/// pair per request, one for [`BlockFrontend::read`] and
+/// [`BlockFrontend::write`], any number for a batch.
+enum Buffers<'a, 'b> {
+    Read(&'a mut [(u64, &'b mut [u8])]),
+    Write(&'a [(u64, &'b [u8])]),
 }
 
-impl Buffer<'_> {
-    fn len(&self) -> usize {
+impl Buffers<'_, '_> {
+    /// Requests in the call.
+    fn count(&self) -> usize {
         match self {
-            Buffer::Read(b) => b.len(),
-            Buffer::Write(b) => b.len(),
+            Buffers::Read(r) => r.len(),
+            Buffers::Write(w) => w.len(),
         }
+    }
+
+    /// The first sector and length in bytes of request `index`.
+    fn request(&self, index: usize) -> Option<(u64, usize)> {
+        match self {
+            Buffers::Read(r) => r.get(index).map(|(sector, buf)| (*sector, buf.len())),
+            Buffers::Write(w) => w.get(index).map(|(sector, buf)| (*sector, buf.len())),
+        }
+    }
+
+    /// `len` bytes from `offset` of write request `index`; `None` for a
+    /// read.
+    fn write_chunk(&self, index: usize, offset: usize, len: usize) -> Option<&[u8]> {
+        match self {
+            Buffers::Read(_) => None,
+            Buffers::Write(w) => w.get(index)?.1.get(offset..offset + len),
+        }
+    }
+
+    /// `len` bytes from `offset` of read request `index`; `None` for a
+    /// write.
+    fn read_chunk(&mut self, index: usize, offset: usize, len: usize) -> Option<&mut [u8]> {
+        match self {
+            Buffers::Read(r) => r.get_mut(index)?.1.get_mut(offset..offset + len),
+            Buffers::Write(_) => None,
+        }
+    }
+}
+
+/// The requests of a call that failed, by the lowest-numbered one.
+#[derive(Debug, Default)]
+struct Failures {
+    /// The lowest-numbered request that failed, and its first error.
+    first: Option<(usize, Error)>,
+    /// How many failures were recorded.
+    count: usize,
+}
+
+impl Failures {
+    fn record(&mut self, request: usize, error: Error) {
+        self.count += 1;
+        match &self.first {
+            Some((first, _)) if *first <= request => {}
+            _ => self.first = Some((request, error)),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// The error of a single read or write: the first one, as it is.
+    fn into_single(self) -> Result<(), Error> {
+        self.first.map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// The error of a batch: the lowest-numbered request that failed.
+    fn into_batch(self) -> Result<(), Error> {
+        let failed = self.count;
+        self.first.map_or(Ok(()), |(index, e)| Err(Error::Batch { index, failed, source: Box::new(e) }))
     }
 }
 
@@ -269,6 +340,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         self.stats.connects += 1;
         self.conn = Some(Connection {
             queues,
+            ring_page_order: order,
             discard: disk.discard.is_some(),
             disk,
             persistent,
@@ -392,6 +464,17 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         self.conn.as_ref().map_or(0, |c| c.queues.len())
     }
 
+    /// Ring pages per queue, as a power of two (`ring-page-order`; 0 when
+    /// not connected).
+    pub fn ring_page_order(&self) -> u32 {
+        self.conn.as_ref().map_or(0, |c| c.ring_page_order)
+    }
+
+    /// Requests one queue's ring holds (0 when not connected).
+    pub fn ring_slots(&self) -> usize {
+        self.conn.as_ref().and_then(|c| c.queues.first()).map_or(0, Queue::size)
+    }
+
     /// Most bytes one request carries: 11 pages, or more with indirect
     /// requests.
     pub fn max_request_bytes(&self) -> usize {
@@ -449,12 +532,61 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
 
     /// Reads `buf.len()` bytes at 512-byte sector `sector`.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.run(sector, Buffer::Read(buf))
+        self.check_usable()?;
+        self.check_range(sector, buf.len() as u64, false)?;
+        self.run(Buffers::Read(&mut [(sector, buf)]))?.into_single()
     }
 
     /// Writes `buf` at 512-byte sector `sector`.
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Error> {
-        self.run(sector, Buffer::Write(buf))
+        self.check_usable()?;
+        self.check_range(sector, buf.len() as u64, true)?;
+        self.run(Buffers::Write(&[(sector, buf)]))?.into_single()
+    }
+
+    /// Reads a batch of independent requests, each `(sector, buffer)`
+    /// as for [`read`](Self::read), with as many in flight at once as the
+    /// rings hold: the requests are put on the rings in order, spread
+    /// over the queues, and each one answered makes room for the next, so
+    /// that the backend always has work while requests remain. Returns
+    /// when every request sent has been answered.
+    ///
+    /// Every range is checked before anything is sent; a bad one fails
+    /// the whole batch with [`Error::Batch`] naming it, and nothing is
+    /// read. Once a request fails (the backend reports an error, or a
+    /// local resource runs out) nothing more is sent, those in flight
+    /// complete, and the call returns [`Error::Batch`] with the
+    /// lowest-numbered request that failed; the buffers of the other
+    /// requests then hold unspecified data. A backend that breaks the
+    /// protocol, closes or stops answering ends the call with that error
+    /// itself, as for [`read`](Self::read).
+    ///
+    /// Requests may overlap; a read carries no ordering against the
+    /// others of the batch.
+    pub fn read_many(&mut self, requests: &mut [(u64, &mut [u8])]) -> Result<(), Error> {
+        self.check_usable()?;
+        for (index, (sector, buf)) in requests.iter().enumerate() {
+            self.check_range(*sector, buf.len() as u64, false).map_err(|e| Error::batch(index, e))?;
+        }
+        self.run(Buffers::Read(requests))?.into_batch()
+    }
+
+    /// Writes a batch of independent requests, each `(sector, data)` as
+    /// for [`write`](Self::write), with as many in flight at once as the
+    /// rings hold; returns when every request sent has been answered.
+    /// Errors are reported as for [`read_many`](Self::read_many); after a
+    /// failure, the sectors of the other requests may or may not have
+    /// been written.
+    ///
+    /// The backend may carry out the requests in any order (blkif gives
+    /// none): a batch must not write the same sectors twice if the result
+    /// matters. A write is durable after [`flush`](Self::flush).
+    pub fn write_many(&mut self, requests: &[(u64, &[u8])]) -> Result<(), Error> {
+        self.check_usable()?;
+        for (index, (sector, buf)) in requests.iter().enumerate() {
+            self.check_range(*sector, buf.len() as u64, true).map_err(|e| Error::batch(index, e))?;
+        }
+        self.run(Buffers::Write(requests))?.into_batch()
     }
 
     /// Makes completed writes durable: `BLKIF_OP_FLUSH_DISKCACHE`, or
@@ -467,7 +599,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         };
         let handle = self.cfg.handle();
         let request = |id| BlkifRequest { operation: op, id, handle, ..Default::default() };
-        let what = InFlight { kind: Kind::Flush, sector: 0, nr_sectors: 0, pages: Pages::None };
+        let what = InFlight { kind: Kind::Flush, request: 0, sector: 0, nr_sectors: 0, pages: Pages::None };
         self.stats.f_req += 1;
         self.single(op, request, what)
     }
@@ -501,7 +633,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                 ..Default::default()
             })
         };
-        let what = InFlight { kind: Kind::Discard, sector, nr_sectors, pages: Pages::None };
+        let what = InFlight { kind: Kind::Discard, request: 0, sector, nr_sectors, pages: Pages::None };
         self.stats.ds_req += 1;
         self.single(BLKIF_OP_DISCARD, request, what)
     }
@@ -513,7 +645,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         request: impl FnOnce(u64) -> BlkifRequest,
         what: InFlight<G::Shared>,
     ) -> Result<(), Error> {
-        let mut first_error = None;
+        let mut failures = Failures::default();
         let result = (|| {
             let conn = self.conn.as_mut().ok_or(Error::NotConnected)?;
             let queue = conn.queues.first_mut().ok_or(Error::NotConnected)?;
@@ -521,10 +653,10 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
             let reservation = queue.reserve().ok_or(Error::Bug("no free slot on an idle ring"))?;
             queue.put(reservation, op, &request(reservation.id), what)?;
             queue.push(&self.evtchn)?;
-            self.drain(&mut Buffer::Write(&[]), &mut first_error)
+            self.drain(&mut Buffers::Write(&[]), &mut failures)
         })();
         self.settle(result)?;
-        first_error.map_or(Ok(()), Err)
+        failures.into_single()
     }
 
     fn check_usable(&mut self) -> Result<(), Error> {
@@ -557,24 +689,30 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         Ok(())
     }
 
-    /// Carries out a read or write: submits requests while the rings have
-    /// room, and waits for responses until all are answered.
-    fn run(&mut self, sector: u64, mut buf: Buffer<'_>) -> Result<(), Error> {
-        self.check_usable()?;
-        let len = buf.len();
-        self.check_range(sector, len as u64, matches!(buf, Buffer::Write(_)))?;
-        let mut next = 0;
-        let mut first_error = None;
+    /// Carries out the requests of a read or write call, whose ranges
+    /// were checked: submits them in order while the rings have room, and
+    /// waits for responses until all are answered. Fails with an error
+    /// of the device; the failures of requests are handed back.
+    fn run(&mut self, mut bufs: Buffers<'_, '_>) -> Result<Failures, Error> {
+        let count = bufs.count();
+        // The next bytes to send: request, and offset in it.
+        let (mut next, mut offset) = (0, 0);
+        let mut failures = Failures::default();
         let result = (|| {
-            while next < len || self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
-                while next < len && first_error.is_none() {
-                    match self.submit(sector, &buf, next) {
-                        Ok(Some(sent)) => next += sent,
+            loop {
+                while next < count && !failures.any() {
+                    let Some((sector, len)) = bufs.request(next) else { break };
+                    if offset >= len {
+                        (next, offset) = (next + 1, 0);
+                        continue;
+                    }
+                    match self.submit(sector, &bufs, next, offset) {
+                        Ok(Some(sent)) => offset += sent,
                         Ok(None) => break,
                         Err(e @ Error::Protocol(_)) => return Err(e),
                         // A local failure (e.g. no memory to grant): send
                         // nothing more, let what is in flight finish.
-                        Err(e) => first_error = Some(e),
+                        Err(e) => failures.record(next, e),
                     }
                 }
                 if let Some(conn) = self.conn.as_mut() {
@@ -582,15 +720,15 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                         queue.push(&self.evtchn)?;
                     }
                 }
-                if first_error.is_some() && !self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
-                    break;
+                let idle = !self.conn.as_ref().is_some_and(|c| c.in_flight() > 0);
+                if idle && (next >= count || failures.any()) {
+                    return Ok(());
                 }
-                self.wait(&mut buf, &mut first_error)?;
+                self.wait(&mut bufs, &mut failures)?;
             }
-            Ok(())
         })();
         self.settle(result)?;
-        first_error.map_or(Ok(()), Err)
+        Ok(failures)
     }
 
     /// Marks the device broken after a failure that leaves the rings in
@@ -608,10 +746,16 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         }
     }
 
-    /// Puts the request for the bytes of `buf` from `offset` on a queue
-    /// with room; returns how many bytes it carries, or `None` if every
-    /// ring is full.
-    fn submit(&mut self, sector: u64, buf: &Buffer<'_>, offset: usize) -> Result<Option<usize>, Error> {
+    /// Puts the blkif request for the bytes of request `index` of `bufs`
+    /// (at `sector`) from `offset` on a queue with room; returns how many
+    /// bytes it carries, or `None` if every ring is full.
+    fn submit(
+        &mut self,
+        sector: u64,
+        bufs: &Buffers<'_, '_>,
+        index: usize,
+        offset: usize,
+    ) -> Result<Option<usize>, Error> {
         let handle = self.cfg.handle();
         let backend = self.bus.backend_domid();
         let conn = self.conn.as_mut().ok_or(Error::NotConnected)?;
@@ -627,13 +771,14 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         let queue = conn.queues.get_mut(q).ok_or(Error::Bug("queue index out of range"))?;
         let reservation = queue.reserve().ok_or(Error::Bug("the queue chosen has no free slot"))?;
 
-        let len = (buf.len() - offset).min(max_segments * PAGE_SIZE);
+        let (_, total) = bufs.request(index).ok_or(Error::Bug("request index outside the call"))?;
+        let len = total.saturating_sub(offset).min(max_segments * PAGE_SIZE);
         let nr_segments = len.div_ceil(PAGE_SIZE);
         let indirect = nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST;
         let nr_indirect = if indirect { BlkifRequestIndirect::nr_indirect_pages(nr_segments) } else { 0 };
-        let (op, kind) = match buf {
-            Buffer::Read(_) => (BLKIF_OP_READ, Kind::Read { offset, len }),
-            Buffer::Write(_) => (BLKIF_OP_WRITE, Kind::Write),
+        let (op, kind) = match bufs {
+            Buffers::Read(_) => (BLKIF_OP_READ, Kind::Read { offset, len }),
+            Buffers::Write(_) => (BLKIF_OP_WRITE, Kind::Write),
         };
         // Data pages first, then the indirect pages: in the slot's
         // persistent buffer, or granted for this request (read-only to the
@@ -651,9 +796,15 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         };
         let first_sector = sector + (offset / BLKIF_SECTOR_SIZE) as u64;
         let nr_sectors = (len / BLKIF_SECTOR_SIZE) as u64;
-        let layout = Layout { id: reservation.id, op, handle, sector: first_sector, offset, len, indirect_base };
+        let layout = Layout { id: reservation.id, op, handle, sector: first_sector, len, indirect_base };
+        let data = match op {
+            BLKIF_OP_WRITE => {
+                Some(bufs.write_chunk(index, offset, len).ok_or(Error::Bug("write chunk outside the buffer"))?)
+            }
+            _ => None,
+        };
         let built = match queue.data_pages(reservation.slot, &pages) {
-            Some((memory, refs)) => build_request(&memory, refs, buf, &layout),
+            Some((memory, refs)) => build_request(&memory, refs, data, &layout),
             None => Err(Error::Bug("a request without its data pages")),
         };
         let request = match built {
@@ -665,7 +816,12 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                 return Err(e);
             }
         };
-        queue.put(reservation, op, &request, InFlight { kind, sector: first_sector, nr_sectors, pages })?;
+        queue.put(
+            reservation,
+            op,
+            &request,
+            InFlight { kind, request: index, sector: first_sector, nr_sectors, pages },
+        )?;
 
         let in_flight = conn.in_flight() as u64;
         let stats = &mut self.stats;
@@ -679,16 +835,16 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     }
 
     /// Waits until every request in flight is answered.
-    fn drain(&mut self, buf: &mut Buffer<'_>, first_error: &mut Option<Error>) -> Result<(), Error> {
+    fn drain(&mut self, bufs: &mut Buffers<'_, '_>, failures: &mut Failures) -> Result<(), Error> {
         while self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
-            self.wait(buf, first_error)?;
+            self.wait(bufs, failures)?;
         }
         Ok(())
     }
 
     /// Completes every response waiting; if there was none, sleeps until
     /// the backend sends an event (or changes state, or times out).
-    fn wait(&mut self, buf: &mut Buffer<'_>, first_error: &mut Option<Error>) -> Result<(), Error> {
+    fn wait(&mut self, bufs: &mut Buffers<'_, '_>, failures: &mut Failures) -> Result<(), Error> {
         let deadline = Instant::now() + self.cfg.timeout;
         loop {
             let Some(conn) = self.conn.as_mut() else {
@@ -698,14 +854,19 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
             for queue in &mut conn.queues {
                 while let Some(done) = queue.next_completion()? {
                     progress = true;
-                    if let Err(e) =
-                        complete(&self.grants, queue, done, buf, &mut self.stats, &mut conn.flush_op, &mut conn.discard)
-                    {
+                    let request = done.payload.request;
+                    if let Err(e) = complete(
+                        &self.grants,
+                        queue,
+                        done,
+                        bufs,
+                        &mut self.stats,
+                        &mut conn.flush_op,
+                        &mut conn.discard,
+                    ) {
                         match e {
                             Error::Protocol(_) => return Err(e),
-                            e => {
-                                first_error.get_or_insert(e);
-                            }
+                            e => failures.record(request, e),
                         }
                     }
                 }
@@ -722,25 +883,30 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
             if more {
                 continue;
             }
-            if let Some(state @ (XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown)) =
-                self.bus.backend_changed()?
-            {
-                return Err(Error::BackendClosed(state));
-            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Timeout(format!("responses from the backend {}", self.bus.backend_path())));
             }
             let slept = Instant::now();
-            match self.evtchn.wait(Some(left.min(POLL_INTERVAL)))? {
-                Some(port) => {
+            if let Some(port) = self.evtchn.wait(Some(left.min(POLL_INTERVAL)))? {
+                self.evtchn.unmask(port)?;
+                while let Some(port) = self.evtchn.pending()? {
                     self.evtchn.unmask(port)?;
-                    while let Some(port) = self.evtchn.pending()? {
-                        self.evtchn.unmask(port)?;
-                    }
                 }
-                None if slept.elapsed() < POLL_INTERVAL / 2 => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
-                None => {}
+                continue;
+            }
+            // No event for a while, or a peer that went away: look at the
+            // backend's state only now, not before every sleep, which
+            // would cost a xenstore round of system calls per response.
+            // A backend that closes the device stops answering, so it is
+            // seen within POLL_INTERVAL.
+            if let Some(state @ (XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown)) =
+                self.bus.backend_changed()?
+            {
+                return Err(Error::BackendClosed(state));
+            }
+            if slept.elapsed() < POLL_INTERVAL / 2 {
+                std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
             }
         }
     }
@@ -780,27 +946,24 @@ struct Layout {
     op: u8,
     handle: BlkifVdev,
     sector: u64,
-    /// Offset of the data in the caller's buffer.
-    offset: usize,
     /// Bytes.
     len: usize,
     /// Page, in the request's pages, of the first indirect page.
     indirect_base: usize,
 }
 
-/// Copies a write's data into the request's pages (`memory`, granted as
-/// `refs`) and builds the request: one full page per segment, the last
-/// one partial; direct with up to 11 segments, else indirect with the
-/// segments in the indirect pages.
+/// Copies a write's `data` into the request's pages (`memory`, granted
+/// as `refs`) and builds the request: one full page per segment, the
+/// last one partial; direct with up to 11 segments, else indirect with
+/// the segments in the indirect pages.
 fn build_request(
     memory: &SharedMemory<'_>,
     refs: &[GrantRef],
-    buf: &Buffer<'_>,
+    data: Option<&[u8]>,
     layout: &Layout,
 ) -> Result<BlkifRequest, Error> {
-    let &Layout { id, op, handle, sector, offset, len, indirect_base } = layout;
-    if let Buffer::Write(data) = buf {
-        let chunk = data.get(offset..offset + len).ok_or(Error::Bug("write chunk outside the buffer"))?;
+    let &Layout { id, op, handle, sector, len, indirect_base } = layout;
+    if let Some(chunk) = data {
         memory.write(0, chunk)?;
     }
     let nr_segments = len.div_ceil(PAGE_SIZE);
@@ -853,16 +1016,16 @@ fn complete<G: GrantShare>(
     grants: &G,
     queue: &Queue<G::Shared>,
     done: Completion<InFlight<G::Shared>>,
-    buf: &mut Buffer<'_>,
+    bufs: &mut Buffers<'_, '_>,
     stats: &mut Stats,
     flush_op: &mut Option<u8>,
     discard: &mut bool,
 ) -> Result<(), Error> {
     let Completion { slot, id, status, payload } = done;
-    let InFlight { kind, sector, nr_sectors, pages } = payload;
+    let InFlight { kind, request, sector, nr_sectors, pages } = payload;
     let mut copied = Ok(());
-    if let (Kind::Read { offset, len }, Buffer::Read(out), BlkifStatus::Okay) = (kind, &mut *buf, status) {
-        copied = match (queue.data_pages(slot, &pages), out.get_mut(offset..offset + len)) {
+    if let (Kind::Read { offset, len }, BlkifStatus::Okay) = (kind, status) {
+        copied = match (queue.data_pages(slot, &pages), bufs.read_chunk(request, offset, len)) {
             (Some((memory, _)), Some(dst)) => memory.read(0, dst).map_err(Error::from),
             _ => Err(Error::Bug("a read without its data pages or buffer")),
         };

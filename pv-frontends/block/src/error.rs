@@ -182,9 +182,28 @@ pub enum Error {
         /// The status it returned.
         status: BlkifStatus,
     },
+    /// A request of a batch ([`read_many`](crate::BlockFrontend::read_many),
+    /// [`write_many`](crate::BlockFrontend::write_many)) failed: the
+    /// lowest-numbered one that did.
+    #[error("request {index} of the batch failed ({failed} failure(s) in all): {source}")]
+    Batch {
+        /// Its index in the batch.
+        index: usize,
+        /// How many failures the batch saw (1 when a range was refused
+        /// before anything was sent).
+        failed: usize,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
+    /// Request `index` of a batch failed with `source`, alone.
+    pub(crate) fn batch(index: usize, source: Error) -> Error {
+        Error::Batch { index, failed: 1, source: Box::new(source) }
+    }
+
     pub(crate) fn xs<'a>(op: &'static str, path: &'a str) -> impl FnOnce(XsError) -> Error + 'a {
         move |source| Error::Xenstore { op, path: path.to_owned(), source }
     }

@@ -34,7 +34,7 @@ pub enum Pages<Sh> {
 pub enum Kind {
     /// A read of `len` bytes into the caller's buffer at `offset`.
     Read {
-        /// Offset in the caller's buffer.
+        /// Offset in the caller's buffer (of the request the read is part of).
         offset: usize,
         /// Bytes.
         len: usize,
@@ -52,6 +52,9 @@ pub enum Kind {
 pub struct InFlight<Sh> {
     /// What it is.
     pub kind: Kind,
+    /// The caller's request it carries (part of): its index in a batch,
+    /// 0 for a single read or write, a flush or a discard.
+    pub request: usize,
     /// First 512-byte sector.
     pub sector: u64,
     /// Length in 512-byte sectors.
@@ -136,6 +139,11 @@ impl<Sh: SharedGrants> Queue<Sh> {
     /// The event channel port.
     pub fn port(&self) -> EvtchnPort {
         self.port
+    }
+
+    /// Requests the ring holds.
+    pub fn size(&self) -> usize {
+        self.size as usize
     }
 
     /// Requests in flight.

@@ -446,3 +446,123 @@ fn nbd_requests_are_served_from_the_device() {
     assert!(on_disk == expected);
     dev.disconnect().unwrap();
 }
+
+/// Writes then reads back a batch of independent requests of mixed
+/// sizes at random non-overlapping places, more than the rings hold at
+/// once; checks the file and the buffers.
+fn batch_round_trip(spec: DiskSpec, cfg: FrontendConfig) -> rblkfront::Stats {
+    let mut rng = seeded_rng();
+    let rig = Rig::start(spec);
+    let mut dev = rig.ts.frontend(cfg);
+    dev.connect().unwrap();
+    let mut model = rig.file(0, spec.size);
+    // Slots of 64 KiB, shuffled: each request lies in a slot of its own.
+    let slot = 64 << 10;
+    let mut slots: Vec<usize> = (0..spec.size / slot).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.gen_range(0..=i));
+    }
+    let sizes = [4096, 512, 64 << 10, 1536, 12 * 4096, 4096, 8192];
+    let requests: Vec<(u64, Vec<u8>)> = slots
+        .iter()
+        .take(200)
+        .enumerate()
+        .map(|(i, &s)| {
+            let len = sizes[i % sizes.len()];
+            let at = s * slot + rng.gen_range(0..=(slot - len) / 512) * 512;
+            ((at / 512) as u64, random_data(&mut rng, len))
+        })
+        .collect();
+    let ring_slots = dev.ring_slots() * dev.queues();
+    assert!(requests.len() > ring_slots, "more requests than the rings hold ({ring_slots})");
+
+    let writes: Vec<(u64, &[u8])> = requests.iter().map(|(s, d)| (*s, d.as_slice())).collect();
+    dev.write_many(&writes).unwrap();
+    let mut buffers: Vec<Vec<u8>> = requests.iter().map(|(_, d)| vec![0u8; d.len()]).collect();
+    let mut reads: Vec<(u64, &mut [u8])> =
+        requests.iter().zip(&mut buffers).map(|((s, _), b)| (*s, b.as_mut_slice())).collect();
+    dev.read_many(&mut reads).unwrap();
+
+    for ((sector, data), back) in requests.iter().zip(&buffers) {
+        assert!(back == data, "read back {} bytes at sector {sector}", data.len());
+        model[*sector as usize * 512..][..data.len()].copy_from_slice(data);
+    }
+    assert!(rig.file(0, spec.size) == model, "the file holds exactly what the batch wrote, nothing else");
+    dev.write_many(&[]).unwrap();
+    dev.read_many(&mut []).unwrap();
+    let stats = dev.stats();
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    dev.disconnect().unwrap();
+    assert_eq!(dev.stats().leaked_pages, 0);
+    stats
+}
+
+#[test]
+fn a_batch_keeps_the_rings_full_and_its_data_round_trips() {
+    let stats = batch_round_trip(DiskSpec { size: 16 << 20, ..Default::default() }, config());
+
+    assert!(stats.max_in_flight >= 32, "a ring's worth was in flight at once: {stats:?}");
+    assert!(stats.indirect_req > 0, "{stats:?}");
+    assert_eq!(stats.rd_req, stats.wr_req, "one blkif request per transfer each way: {stats:?}");
+}
+
+#[test]
+fn a_batch_round_trips_without_persistent_grants_on_one_queue() {
+    let mut cfg = config();
+    cfg.persistent = false;
+    cfg.max_queues = 1;
+
+    let stats = batch_round_trip(DiskSpec { size: 16 << 20, ..Default::default() }, cfg);
+
+    assert_eq!(stats.max_in_flight, 32, "the one ring was full: {stats:?}");
+}
+
+#[test]
+fn a_batch_with_a_bad_range_sends_nothing() {
+    let rig = Rig::start(DiskSpec::default());
+    let before = rig.file(0, 8 << 20);
+    let mut dev = rig.ts.frontend(config());
+    dev.connect().unwrap();
+    let sectors = dev.sectors();
+    let data = [9u8; 4096];
+
+    let err = dev.write_many(&[(0, &data), (8, &data), (sectors - 4, &data), (16, &data)]).unwrap_err();
+
+    assert!(
+        matches!(&err, Error::Batch { index: 2, failed: 1, source } if matches!(**source, Error::OutOfRange { .. })),
+        "{err}"
+    );
+    assert_eq!(dev.stats().wr_req, 0, "nothing was sent");
+    assert!(rig.file(0, 8 << 20) == before);
+    let (mut a, mut b) = ([0u8; 4096], [0u8; 1000]);
+    let err = dev.read_many(&mut [(0, &mut a), (8, &mut b)]).unwrap_err();
+    assert!(matches!(&err, Error::Batch { index: 1, source, .. } if matches!(**source, Error::Misaligned { .. })));
+    assert_eq!(dev.stats().rd_req, 0);
+    dev.disconnect().unwrap();
+}
+
+#[test]
+fn a_batch_the_backend_fails_names_its_first_failed_request() {
+    let rig = Rig::start(DiskSpec { read_only: true, ..Default::default() });
+    let before = rig.file(0, 8 << 20);
+    let mut cfg = config();
+    cfg.honour_read_only = false;
+    let mut dev = rig.ts.frontend(cfg);
+    dev.connect().unwrap();
+    let data = vec![4u8; 4096];
+    let writes: Vec<(u64, &[u8])> = (0..8).map(|i| (i * 8, data.as_slice())).collect();
+
+    let err = dev.write_many(&writes).unwrap_err();
+
+    let Error::Batch { index, failed, source } = &err else { panic!("{err}") };
+    assert_eq!(*index, 0, "{err}");
+    assert!(*failed >= 1 && *failed <= 8, "{err}");
+    assert!(matches!(**source, Error::Io { op: "write", sector: 0, nr_sectors: 8, status: BlkifStatus::Error }));
+    assert!(dev.broken().is_none(), "an I/O error does not break the device");
+    // The reads of a batch still work, and nothing was written.
+    let mut back = vec![0u8; 4096];
+    dev.read_many(&mut [(8, &mut back)]).unwrap();
+    assert!(back == before[8 * 512..8 * 512 + 4096]);
+    assert!(rig.file(0, 8 << 20) == before);
+    dev.disconnect().unwrap();
+}
