@@ -55,6 +55,7 @@ bench: xen-host
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p rxen-bench
 	$(CARGO) bench -p xen-scenarios --bench xenstored
+	$(CARGO) bench -p xen-scenarios --bench blk
 
 fuzz: deps
 	./scripts/fuzz.sh long

@@ -74,8 +74,10 @@ build_xen() {
 DOM0_MODULES="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback
 xen-netback xen-blkfront xen-netfront loop virtio_console virtio_pci ext4 bridge
 tun veth dummy"
+# qemu-system-xen: QEMU's qdisk backend (xl's backendtype=qdisk), the
+# peer the block benchmark measures rblkback against.
 DOM0_PACKAGES="xen-utils-4.17=$XEN_UTILS_VER busybox iproute2 kmod procps psmisc
-util-linux mount e2fsprogs coreutils"
+util-linux mount e2fsprogs coreutils qemu-system-xen=$(candidate qemu-system-xen)"
 
 # dom0: Debian's 6.1 kernel and a debootstrap root with Xen's tools, packed
 # as one initramfs. Only the modules in DOM0_MODULES (and their
@@ -264,5 +266,5 @@ GUEST_DISK_FILE_SHA256=$(cat "$DISK_OUT/known.sha256")
 EOF
 chmod 0644 "$manifest"
 mv -f "$manifest" "$HOST_DIR/current"
-prune_stale "$XEN_OUT" "$DOM0_OUT" "$GUEST_OUT" "$DISK_OUT"
+prune_stale "$XEN_OUT" "$DOM0_OUT" "$GUEST_OUT" "$DISK_OUT" "$FIO_OUT"
 log "ready in $(( $(date +%s) - start )) s: $HOST_DIR/current"

@@ -1,20 +1,22 @@
 //! The I/O: serving one validated request against the disk and the
 //! frontend's granted pages.
 //!
-//! Requests are served synchronously, one after the other, with positioned
-//! reads and writes through a bounce buffer: a read fills the buffer from
-//! the disk and copies each segment into its granted page; a write gathers
-//! the segments into the buffer and writes it. Every page mapped for a
-//! request alone is unmapped before the request is answered.
+//! Requests are served synchronously, one after the other. The segments
+//! of a read or write become [`SharedMemory`] regions of the mapped pages
+//! (each its `first_sect..=last_sect` range), which the disk transfers at
+//! the request's offset: a raw disk with one `preadv`/`pwritev` on the
+//! pages themselves, other disks through a bounce buffer
+//! ([`Disk::read_vectored`]). Every page mapped for a request alone is
+//! unmapped before the request is answered.
 
 use std::sync::Arc;
 
-use hypercall_abi::platform::GrantMap;
+use hypercall_abi::platform::{GrantMap, SharedMemory};
 use hypercall_abi::xen::blkif::{BlkifRequest, BlkifRequestSegment, BlkifResponse, BlkifStatus};
 use hypercall_abi::xen::PAGE_SIZE;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
-use crate::disk::{Disk, DiskError};
+use crate::disk::{BounceBuffer, Disk, DiskError};
 use crate::grants::{GrantPages, PageError};
 use crate::request::{self, DataRequest, IndirectRequest, IoOp, Limits, Parsed, RequestError};
 use crate::stats::Stats;
@@ -44,17 +46,13 @@ impl ServeError {
     }
 }
 
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(4096))]
-struct AlignedPage([u8; PAGE_SIZE]);
-
 /// Serves the requests of one ring.
 pub struct BlockDevice<G: GrantMap, D: Disk> {
     pages: GrantPages<G>,
     disk: Arc<D>,
     limits: Limits,
-    /// Bounce buffer, page-aligned for O_DIRECT, grown on demand.
-    buffer: Vec<AlignedPage>,
+    /// For disks that cannot do I/O on the granted pages directly.
+    bounce: BounceBuffer,
     stats: Arc<Stats>,
 }
 
@@ -68,7 +66,7 @@ impl<G: GrantMap, D: Disk> BlockDevice<G, D> {
     /// A handler for requests checked against `limits`, reaching the
     /// frontend's pages through `pages`.
     pub fn new(pages: GrantPages<G>, disk: Arc<D>, limits: Limits, stats: Arc<Stats>) -> Self {
-        BlockDevice { pages, disk, limits, buffer: Vec::new(), stats }
+        BlockDevice { pages, disk, limits, bounce: BounceBuffer::default(), stats }
     }
 
     /// The grant mapper, e.g. to see how many grants persist.
@@ -123,49 +121,37 @@ impl<G: GrantMap, D: Disk> BlockDevice<G, D> {
     }
 
     fn transfer(&mut self, data: &DataRequest) -> Result<(), ServeError> {
-        let len = data.byte_len();
-        let sectors = (len / 512) as u64;
+        let sectors = (data.byte_len() / 512) as u64;
+        let reading = data.op == IoOp::Read;
+        if data.preflush {
+            Stats::add(&self.stats.f_req, 1);
+            self.disk.flush()?;
+        }
         let refs: Vec<_> = data.segments.iter().map(|s| s.gref).collect();
-        let pages = self.pages.map_request(&refs, data.op == IoOp::Read)?;
-        let needed = len.div_ceil(PAGE_SIZE);
-        if self.buffer.len() < needed {
-            self.buffer.resize(needed, AlignedPage([0; PAGE_SIZE]));
+        let pages = self.pages.map_request(&refs, reading)?;
+        let regions = data
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(index, segment)| {
+                self.pages.region(&pages, index, segment.byte_offset(), segment.byte_len(), reading)
+            })
+            .collect::<Result<Vec<SharedMemory<'_>>, _>>()?;
+        if reading {
+            self.disk.read_vectored(data.byte_offset(), &regions, &mut self.bounce)?;
+            Stats::add(&self.stats.rd_req, 1);
+            Stats::add(&self.stats.rd_sect, sectors);
+            return Ok(());
         }
-        let buffer = &mut self.buffer.as_mut_slice().as_mut_bytes()[..len];
-        match data.op {
-            IoOp::Read => {
-                self.disk.read_at(data.byte_offset(), buffer)?;
-                let mut at = 0;
-                for (index, segment) in data.segments.iter().enumerate() {
-                    let chunk = &buffer[at..at + segment.byte_len()];
-                    self.pages.write(&pages, index, segment.byte_offset(), chunk)?;
-                    at += segment.byte_len();
-                }
-                Stats::add(&self.stats.rd_req, 1);
-                Stats::add(&self.stats.rd_sect, sectors);
-            }
-            IoOp::Write => {
-                let mut at = 0;
-                for (index, segment) in data.segments.iter().enumerate() {
-                    let chunk = &mut buffer[at..at + segment.byte_len()];
-                    self.pages.read(&pages, index, segment.byte_offset(), chunk)?;
-                    at += segment.byte_len();
-                }
-                // Unmap before the (possibly slow) disk work: the data is
-                // in the buffer.
-                drop(pages);
-                if data.preflush {
-                    Stats::add(&self.stats.f_req, 1);
-                    self.disk.flush()?;
-                }
-                self.disk.write_at(data.byte_offset(), buffer)?;
-                if data.postflush {
-                    self.disk.flush()?;
-                }
-                Stats::add(&self.stats.wr_req, 1);
-                Stats::add(&self.stats.wr_sect, sectors);
-            }
+        self.disk.write_vectored(data.byte_offset(), &regions, &mut self.bounce)?;
+        // The data is on the disk: unmap before the (possibly slow) flush.
+        drop(regions);
+        drop(pages);
+        if data.postflush {
+            self.disk.flush()?;
         }
+        Stats::add(&self.stats.wr_req, 1);
+        Stats::add(&self.stats.wr_sect, sectors);
         Ok(())
     }
 }
@@ -238,6 +224,48 @@ mod tests {
             let expected = [pattern(1, 3584), pattern(2, 512)].concat();
             assert_eq!(r.disk.contents(16 * 512, 4096), expected);
             assert_eq!(back, expected);
+        }
+    }
+
+    #[test]
+    fn partial_page_segments_land_at_their_file_offsets_on_a_raw_disk() {
+        for persistent in [false, true] {
+            let path = std::env::temp_dir().join(format!("rblkback-device-{}-{persistent}", std::process::id()));
+            std::fs::write(&path, vec![0xeeu8; 1 << 20]).unwrap();
+            let disk = Arc::new(crate::disk::RawDisk::open(&path, Default::default()).unwrap());
+            let table = Arc::new(MemGrantTable::new(DOMID));
+            let limits =
+                Limits { sectors: 2048, sector_size: 512, read_only: false, discard: true, max_indirect_segments: 256 };
+            let pages = GrantPages::new(Arc::clone(&table), DOMID, persistent.then_some(16));
+            let mut device = BlockDevice::new(pages, disk, limits, Arc::default());
+            // Sectors 3..=5 of one page, 0..=0 of the next, 6..=7 of a third:
+            // six sectors written from sector 40.
+            let (a, b, c) = (table.grant(true), table.grant(true), table.grant(true));
+            table.write_page(a, 0, &pattern(1, 4096));
+            table.write_page(b, 0, &pattern(2, 4096));
+            table.write_page(c, 0, &pattern(3, 4096));
+            let segments =
+                [BlkifRequestSegment::new(a, 3, 5), BlkifRequestSegment::new(b, 0, 0), BlkifRequestSegment::new(c, 6, 7)];
+            // Read the same sectors back into other pages at other offsets.
+            let (d, e) = (table.grant(true), table.grant(true));
+            table.write_page(d, 0, &[0x11; 4096]);
+            table.write_page(e, 0, &[0x22; 4096]);
+            let back = [BlkifRequestSegment::new(d, 2, 6), BlkifRequestSegment::new(e, 7, 7)];
+
+            let write = device.handle(&rw(BLKIF_OP_WRITE, 40, &segments));
+            let read = device.handle(&rw(BLKIF_OP_READ, 40, &back));
+
+            assert_eq!((write.status, read.status), (BLKIF_RSP_OKAY, BLKIF_RSP_OKAY));
+            let expected = [pattern(1, 4096)[1536..3072].to_vec(), pattern(2, 512), pattern(3, 4096)[3072..].to_vec()].concat();
+            let file = std::fs::read(&path).unwrap();
+            assert_eq!(file[40 * 512..46 * 512], expected[..], "each segment at its file offset");
+            assert!(file[..40 * 512].iter().chain(&file[46 * 512..]).all(|&x| x == 0xee), "nothing else written");
+            let (mut page_d, mut page_e) = (vec![0u8; 4096], vec![0u8; 4096]);
+            table.read_page(d, 0, &mut page_d);
+            table.read_page(e, 0, &mut page_e);
+            assert_eq!(page_d, [vec![0x11; 1024], expected[..2560].to_vec(), vec![0x11; 512]].concat());
+            assert_eq!(page_e, [vec![0x22; 3584], expected[2560..].to_vec()].concat());
+            std::fs::remove_file(&path).unwrap();
         }
     }
 

@@ -6,12 +6,24 @@
 //! block device; [`MemDisk`] keeps the disk in memory (tests, fuzzing);
 //! [`Qcow2Disk`](crate::qcow2::Qcow2Disk) serves qcow2 images and their
 //! backing chains, and [`crate::image`] chooses between them.
+//!
+//! The data of a request lives in the frontend's granted pages, which
+//! reach a disk as [`SharedMemory`] regions
+//! ([`read_vectored`](Disk::read_vectored),
+//! [`write_vectored`](Disk::write_vectored)). A raw disk hands them to
+//! the kernel as an iovec list (`preadv`/`pwritev`), with no copy in this
+//! process; other disks go through a [`BounceBuffer`] and their
+//! byte-addressed [`read_at`](Disk::read_at)/[`write_at`](Disk::write_at).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+
+use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
+use hypercall_abi::xen::PAGE_SIZE;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::sys;
 
@@ -63,6 +75,9 @@ pub enum DiskError {
     /// The storage cannot discard.
     #[error("the disk does not support discard")]
     DiscardUnsupported,
+    /// Copying between the bounce buffer and the frontend's pages failed.
+    #[error("accessing the frontend's pages failed: {0}")]
+    Pages(#[from] SharedMemoryError),
     /// A qcow2 image cannot be opened or its metadata is bad.
     #[error(transparent)]
     Qcow2(#[from] crate::qcow2::Qcow2Error),
@@ -96,6 +111,27 @@ pub trait Disk: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
     /// Writes `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError>;
+    /// Fills `regions` (the frontend's pages, consecutive on the disk) from
+    /// `offset`. By default through `bounce` and [`read_at`](Disk::read_at);
+    /// disks that can give the regions to the kernel override it.
+    fn read_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        bounce_read(self, offset, regions, bounce)
+    }
+    /// Writes `regions` (consecutive on the disk) at `offset`. By default
+    /// through `bounce` and [`write_at`](Disk::write_at).
+    fn write_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        bounce_write(self, offset, regions, bounce)
+    }
     /// Makes completed writes durable (`fdatasync`).
     fn flush(&self) -> Result<(), DiskError>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
@@ -140,6 +176,24 @@ impl Disk for Box<dyn Disk> {
         (**self).write_at(offset, buf)
     }
 
+    fn read_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        (**self).read_vectored(offset, regions, bounce)
+    }
+
+    fn write_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        (**self).write_vectored(offset, regions, bounce)
+    }
+
     fn flush(&self) -> Result<(), DiskError> {
         (**self).flush()
     }
@@ -147,6 +201,73 @@ impl Disk for Box<dyn Disk> {
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         (**self).discard(offset, len)
     }
+}
+
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(4096))]
+struct AlignedPage([u8; PAGE_SIZE]);
+
+/// A page-aligned scratch buffer (so that it suits `O_DIRECT`) for disks
+/// that cannot do I/O on the frontend's pages directly. It is allocated on
+/// first use and grows to the largest request seen.
+#[derive(Default)]
+pub struct BounceBuffer {
+    pages: Vec<AlignedPage>,
+}
+
+impl std::fmt::Debug for BounceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BounceBuffer").field("pages", &self.pages.len()).finish()
+    }
+}
+
+impl BounceBuffer {
+    /// The first `len` bytes of the buffer, grown if needed.
+    pub fn get(&mut self, len: usize) -> &mut [u8] {
+        let needed = len.div_ceil(PAGE_SIZE);
+        if self.pages.len() < needed {
+            self.pages.resize(needed, AlignedPage([0; PAGE_SIZE]));
+        }
+        &mut self.pages.as_mut_slice().as_mut_bytes()[..len]
+    }
+}
+
+/// Total length of `regions`.
+fn regions_len(regions: &[SharedMemory<'_>]) -> usize {
+    regions.iter().map(SharedMemory::len).sum()
+}
+
+/// [`Disk::read_vectored`] through a bounce buffer.
+pub fn bounce_read<D: Disk + ?Sized>(
+    disk: &D,
+    offset: u64,
+    regions: &[SharedMemory<'_>],
+    bounce: &mut BounceBuffer,
+) -> Result<(), DiskError> {
+    let buf = bounce.get(regions_len(regions));
+    disk.read_at(offset, buf)?;
+    let mut at = 0;
+    for region in regions {
+        region.write(0, &buf[at..at + region.len()])?;
+        at += region.len();
+    }
+    Ok(())
+}
+
+/// [`Disk::write_vectored`] through a bounce buffer.
+pub fn bounce_write<D: Disk + ?Sized>(
+    disk: &D,
+    offset: u64,
+    regions: &[SharedMemory<'_>],
+    bounce: &mut BounceBuffer,
+) -> Result<(), DiskError> {
+    let buf = bounce.get(regions_len(regions));
+    let mut at = 0;
+    for region in regions {
+        region.read(0, &mut buf[at..at + region.len()])?;
+        at += region.len();
+    }
+    disk.write_at(offset, buf)
 }
 
 /// How to open a [`RawDisk`].
@@ -233,6 +354,14 @@ impl RawDisk {
             _ => Err(DiskError::OutOfRange { offset, len, size: self.size }),
         }
     }
+
+    /// Whether the kernel takes `regions` as they are: always, except that
+    /// with `O_DIRECT` each must start and end on a logical sector (a
+    /// segment may cover part of a page; such requests are bounced).
+    fn takes_directly(&self, regions: &[SharedMemory<'_>]) -> bool {
+        let align = self.buffer_alignment();
+        !self.direct || regions.iter().all(|r| (r.as_ptr() as usize | r.len()) % align == 0)
+    }
 }
 
 impl Disk for RawDisk {
@@ -283,6 +412,39 @@ impl Disk for RawDisk {
         self.file
             .write_all_at(buf, offset)
             .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })
+    }
+
+    fn read_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        let len = regions_len(regions) as u64;
+        self.check(offset, len)?;
+        if !self.takes_directly(regions) {
+            return bounce_read(self, offset, regions, bounce);
+        }
+        sys::read_vectored_at(&self.file, offset, regions)
+            .map_err(|source| DiskError::Io { op: "read", offset, len, source })
+    }
+
+    fn write_vectored(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        bounce: &mut BounceBuffer,
+    ) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        let len = regions_len(regions) as u64;
+        self.check(offset, len)?;
+        if !self.takes_directly(regions) {
+            return bounce_write(self, offset, regions, bounce);
+        }
+        sys::write_vectored_at(&self.file, offset, regions)
+            .map_err(|source| DiskError::Io { op: "write", offset, len, source })
     }
 
     fn flush(&self) -> Result<(), DiskError> {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hypercall_abi::platform::{GrantError, GrantMap, MappedGrants, SharedMemoryError};
+use hypercall_abi::platform::{GrantError, GrantMap, MappedGrants, SharedMemory, SharedMemoryError};
 use hypercall_abi::xen::{DomId, GrantRef, PAGE_SIZE};
 
 /// Linux blkback's default `max_persistent_grants`.
@@ -210,6 +210,30 @@ impl<G: GrantMap> GrantPages<G> {
         Ok(())
     }
 
+    /// The `len` bytes at `offset` of page `index` of a request, as a
+    /// region to hand to the disk (and from there to the kernel).
+    /// `writable`: the backend will write them, so the page must be mapped
+    /// writable. `offset` is a multiple of 8 (segments start on sectors).
+    pub fn region<'p>(
+        &'p self,
+        pages: &'p RequestPages<G::Mapped>,
+        index: usize,
+        offset: usize,
+        len: usize,
+        writable: bool,
+    ) -> Result<SharedMemory<'p>, PageError> {
+        check_in_page(offset, len)?;
+        let region = match pages.slots.get(index) {
+            Some(Slot::Cached(gref)) => self.cached_page(*gref)?.memory().subregion(offset, len)?,
+            Some(Slot::Batch(i)) => batch(pages, *i)?.memory().subregion((i % MAX_BATCH) * PAGE_SIZE + offset, len)?,
+            None => return Err(PageError::NoSuchPage(index)),
+        };
+        if writable && !region.is_writable() {
+            return Err(PageError::Access(SharedMemoryError::ReadOnly));
+        }
+        Ok(region)
+    }
+
     fn cached_page(&self, gref: GrantRef) -> Result<&G::Mapped, PageError> {
         self.cache
             .as_ref()
@@ -274,6 +298,35 @@ mod tests {
         assert_eq!(&buf, b"guest data");
         assert_eq!(&back, b"disk data");
         assert_eq!(pages.cached(), 0);
+    }
+
+    #[test]
+    fn regions_reach_the_same_bytes_as_reads_and_writes() {
+        let table = Arc::new(MemGrantTable::new(1));
+        let refs = [table.grant(true), table.grant(false)];
+        table.write_page(refs[1], 1024, b"from the guest");
+        for persistent in [None, Some(8)] {
+            let mut pages = GrantPages::new(Arc::clone(&table), 1, persistent);
+
+            let read = pages.map_request(&refs[..1], true).unwrap();
+            pages.region(&read, 0, 512, 1024, true).unwrap().write(0, b"to the guest").unwrap();
+            let past_the_page = pages.region(&read, 0, 3584, 1024, false).is_err();
+            drop(read);
+            let write = pages.map_request(&refs[1..], false).unwrap();
+            let mut from = [0u8; 14];
+            pages.region(&write, 0, 1024, 512, false).unwrap().read(0, &mut from).unwrap();
+            let read_only = matches!(
+                pages.region(&write, 0, 0, 512, true),
+                Err(PageError::Access(SharedMemoryError::ReadOnly))
+            );
+            drop(write);
+            let mut to = [0u8; 12];
+            table.read_page(refs[0], 512, &mut to);
+
+            assert_eq!((&from, &to), (b"from the guest", b"to the guest"));
+            assert!(read_only, "a read-only page is no region to read into");
+            assert!(past_the_page);
+        }
     }
 
     #[test]

@@ -26,10 +26,12 @@
 //! | [`stats`] | request counters |
 //! | [`memgrant`] | an in-process grant table for tests and fuzzing |
 //!
-//! Requests are served synchronously, one queue per thread, with
-//! positioned reads and writes through a bounce buffer; pages are mapped
-//! (not grant-copied), which on both platforms costs one round trip per
-//! request or, with persistent grants, none once the cache is warm.
+//! Requests are served synchronously, one queue per thread. Pages are
+//! mapped (not grant-copied), which on both platforms costs one round trip
+//! per request or, with persistent grants, none once the cache is warm;
+//! a raw disk then reads or writes them in place with one positioned
+//! vectored call (`preadv`/`pwritev`), a qcow2 image through a bounce
+//! buffer.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -1,13 +1,15 @@
 //! The crate's system calls that have no safe wrapper in `std`: block
-//! device ioctls, `fallocate`, `eventfd`, `poll` and the stop signal
-//! handler. Every `unsafe` of the backend outside [`crate::memgrant`] is
-//! here.
+//! device ioctls, `fallocate`, `preadv`/`pwritev` on the frontend's pages,
+//! `eventfd`, `poll` and the stop signal handler. Every `unsafe` of the
+//! backend outside [`crate::memgrant`] is here.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
+
+use hypercall_abi::platform::SharedMemory;
 
 /// `BLKGETSIZE64` (`<linux/fs.h>`: `_IOR(0x12, 114, size_t)`): size of a
 /// block device in bytes.
@@ -72,6 +74,99 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
             return Err(err);
         }
     }
+}
+
+/// Most iovecs one `preadv`/`pwritev` call takes (`IOV_MAX`, `<limits.h>`
+/// on Linux): longer lists are split.
+const IOV_MAX: usize = 1024;
+
+/// Direction of a vectored transfer between a file and shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vectored {
+    /// File to memory (`preadv`).
+    Read,
+    /// Memory to file (`pwritev`).
+    Write,
+}
+
+/// Fills `regions`, in order, from `file` starting at byte `offset`, with
+/// `preadv(2)`: the kernel copies straight into the (granted) memory. Short
+/// reads are continued; end of file before the regions are full is
+/// `UnexpectedEof`. Every region must be writable.
+pub(crate) fn read_vectored_at(file: &File, offset: u64, regions: &[SharedMemory<'_>]) -> io::Result<()> {
+    if regions.iter().any(|r| !r.is_writable()) {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "a page to read into is mapped read-only"));
+    }
+    transfer_vectored(file, offset, regions, Vectored::Read)
+}
+
+/// Writes `regions`, in order, to `file` starting at byte `offset`, with
+/// `pwritev(2)`: the kernel copies straight from the (granted) memory.
+/// Short writes are continued.
+pub(crate) fn write_vectored_at(file: &File, offset: u64, regions: &[SharedMemory<'_>]) -> io::Result<()> {
+    transfer_vectored(file, offset, regions, Vectored::Write)
+}
+
+fn transfer_vectored(file: &File, mut offset: u64, regions: &[SharedMemory<'_>], dir: Vectored) -> io::Result<()> {
+    for chunk in regions.chunks(IOV_MAX) {
+        // Raw pointers into the regions: no Rust reference to the memory
+        // is made, the kernel reads or writes it.
+        let mut iovecs: Vec<libc::iovec> = chunk
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| libc::iovec { iov_base: r.as_ptr().cast(), iov_len: r.len() })
+            .collect();
+        let mut first = 0;
+        while let Some(rest) = iovecs.get(first..).filter(|rest| !rest.is_empty()) {
+            let pos = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // At most IOV_MAX entries: fits a c_int.
+            let count = rest.len() as libc::c_int;
+            // SAFETY: `rest` is a live slice of `count` iovecs, each
+            // describing `iov_len` bytes of a `SharedMemory` region (or
+            // the unread tail of one). `regions` is borrowed for the whole
+            // call, so by `SharedMemory`'s contract each range stays mapped,
+            // readable, and writable where we read into it (checked by
+            // `read_vectored_at`). No Rust reference to those bytes exists
+            // in this process (the same contract), so the kernel writing
+            // them breaks no aliasing rule; the frontend changing them
+            // meanwhile only changes the data, as with DMA.
+            let rc = unsafe {
+                match dir {
+                    Vectored::Read => libc::preadv(file.as_raw_fd(), rest.as_ptr(), count, pos),
+                    Vectored::Write => libc::pwritev(file.as_raw_fd(), rest.as_ptr(), count, pos),
+                }
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if rc == 0 {
+                return Err(match dir {
+                    Vectored::Read => io::Error::from(io::ErrorKind::UnexpectedEof),
+                    Vectored::Write => io::Error::from(io::ErrorKind::WriteZero),
+                });
+            }
+            // rc > 0 and at most the bytes asked for.
+            let mut done = rc as usize;
+            offset += done as u64;
+            // Skip the iovecs completed, trim the one completed in part.
+            while done > 0 {
+                let Some(iov) = iovecs.get_mut(first) else { break };
+                if done >= iov.iov_len {
+                    done -= iov.iov_len;
+                    first += 1;
+                } else {
+                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(done).cast();
+                    iov.iov_len -= done;
+                    done = 0;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A new non-blocking, close-on-exec `eventfd` with counter 0.
@@ -150,4 +245,61 @@ pub(crate) fn signal_on_termination(fd: BorrowedFd<'static>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hypercall_abi::platform::{GrantMap, MappedGrants};
+    use hypercall_abi::xen::PAGE_SIZE;
+
+    use super::*;
+    use crate::memgrant::MemGrantTable;
+
+    fn temp_file(name: &str, contents: &[u8]) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("rblkback-sys-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn vectored_io_splits_lists_longer_than_iov_max() {
+        // 2.5 x IOV_MAX regions of 512 bytes over 320 mapped pages.
+        let table = Arc::new(MemGrantTable::new(1));
+        let refs: Vec<_> = (0..320).map(|_| table.grant(true)).collect();
+        let mapped = table.map(1, &refs, true).unwrap();
+        let memory = mapped.memory();
+        let n = IOV_MAX * 5 / 2;
+        let regions: Vec<_> = (0..n).map(|i| memory.subregion(i * 512, 512).unwrap()).collect();
+        let contents: Vec<u8> = (0..n * 512 + 512).map(|i| (i % 253) as u8).collect();
+        let (path, file) = temp_file("iovmax", &contents);
+
+        read_vectored_at(&file, 512, &regions).unwrap();
+        let mut back = vec![0u8; n * 512];
+        memory.read(0, &mut back).unwrap();
+        memory.write(0, &vec![0x5a; PAGE_SIZE]).unwrap();
+        write_vectored_at(&file, 0, &regions[..8]).unwrap();
+
+        assert_eq!(back, contents[512..]);
+        assert_eq!(std::fs::read(&path).unwrap()[..PAGE_SIZE], [0x5a; PAGE_SIZE]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn vectored_reads_refuse_read_only_pages_and_stop_at_end_of_file() {
+        let table = Arc::new(MemGrantTable::new(1));
+        let (ro, rw) = (table.grant(false), table.grant(true));
+        let ro_map = table.map(1, &[ro], false).unwrap();
+        let rw_map = table.map(1, &[rw], true).unwrap();
+        let (path, file) = temp_file("eof", &[1u8; 1024]);
+
+        let refused = read_vectored_at(&file, 0, &[ro_map.memory()]);
+        let eof = read_vectored_at(&file, 0, &[rw_map.memory()]);
+
+        assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(eof.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        std::fs::remove_file(&path).unwrap();
+    }
 }

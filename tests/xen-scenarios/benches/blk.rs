@@ -1,0 +1,178 @@
+//! `make bench` on the Xen test host: one 6.12 PV guest with three disks of
+//! the same size on dom0's tmpfs, served by rblkback (xvdb), Linux's
+//! in-kernel blkback (xvdc, `xl` disk with a file target: loop device) and
+//! QEMU's qdisk (xvdd, `backendtype=qdisk`). The guest runs the same `fio`
+//! jobs on each raw device, in rotating order over the rounds: sequential
+//! 1 MiB write and read (MB/s, 8 in flight) and 4 KiB random read at queue
+//! depth 1 and 32 (IOPS), all O_DIRECT through io_uring. Prints the median
+//! of the rounds and the ratios rblkback / blkback (goal >= 1.0) and
+//! rblkback / qdisk (goal >= 1.5).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use xen_harness::cpio::Archive;
+use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
+use xen_scenarios::{boot, init_logging, Figures};
+
+const XVDB: u32 = 51728;
+const KIND: &str = "rvbd";
+const SIZE_MIB: u32 = 128;
+const ROUNDS: usize = 3;
+/// (device, backend) in the guest.
+const DISKS: [(&str, &str); 3] = [("xvdb", "rblkback"), ("xvdc", "blkback"), ("xvdd", "qdisk")];
+/// (job, fio arguments, reported as MB/s (true) or IOPS (false)).
+const JOBS: [(&str, &str, bool); 4] = [
+    ("seq-write-1M", "--rw=write --bs=1M --iodepth=8", true),
+    ("seq-read-1M", "--rw=read --bs=1M --iodepth=8", true),
+    ("rand-read-4K-qd1", "--rw=randread --bs=4k --iodepth=1", false),
+    ("rand-read-4K-qd32", "--rw=randread --bs=4k --iodepth=32", false),
+];
+
+fn guest_script(seconds: u32) -> String {
+    let mut s = String::from(
+        "#!/bin/sh\nfor d in xvdb xvdc xvdd; do\n  i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n  [ -b /dev/$d ] || echo \"RXEN-FIO missing $d\"\ndone\n",
+    );
+    s.push_str(&format!("for round in $(seq {ROUNDS}); do\n"));
+    s.push_str("  case $round in 1) order='xvdb xvdc xvdd' ;; 2) order='xvdc xvdd xvdb' ;; *) order='xvdd xvdb xvdc' ;; esac\n");
+    s.push_str("  for d in $order; do\n");
+    for (job, args, _) in JOBS {
+        // Terse output: field 7/8 = read KiB/s / IOPS, 48/49 = write.
+        s.push_str(&format!(
+            "    fio --name={job} --filename=/dev/$d --direct=1 --ioengine=io_uring {args} \
+             --size={SIZE_MIB}M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | \
+             awk -F';' -v d=$d -v r=$round '{{print \"RXEN-FIO dev=\" d \" round=\" r \" job={job} rkib=\" $7 \" riops=\" $8 \" wkib=\" $48 \" wiops=\" $49}}' || \
+             echo \"RXEN-FIO dev=$d job={job} failed $(cat /tmp/fio.err)\"\n"
+        ));
+    }
+    s.push_str("  done\ndone\necho RXEN-FIO done\n");
+    s
+}
+
+fn main() {
+    init_logging();
+    let seconds: u32 = std::env::var("RXEN_BLK_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut figures = Figures::default();
+    let config = HostConfig::new("bench-blk")
+        .expect("the Xen test host is built (make xen-host)")
+        .with_project_binary("rblkback")
+        .expect("project binaries are built (cargo build --release --workspace --bins)");
+    let mut host = boot(config, &mut figures).expect("the Xen test host boots");
+    let result = run(&mut host, seconds);
+    if result.is_err() {
+        if let Ok(out) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/qemu-dm-*.log 2>/dev/null") {
+            eprintln!("{}", out.stdout);
+        }
+    }
+    let _ = host.shutdown();
+    let rows = result.expect("the block benchmark ran");
+    print_table(&rows, seconds);
+    println!("\nhost figures:\n{}", figures.table());
+}
+
+/// rows[job][backend] = per-round values.
+type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
+    h.run_ok(&format!(
+        "set -e; mkdir -p /var/lib/rxen\n\
+         mkdir -p /var/lib/rxen/bench\n\
+         mountpoint -q /var/lib/rxen/bench || mount -t tmpfs -o size=512M tmpfs /var/lib/rxen/bench\n\
+         for b in r k q; do truncate -s {SIZE_MIB}M /var/lib/rxen/bench/$b.img; done\n"
+    ))?;
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds).as_bytes());
+    let initrd = h.guest_initrd_with("bench-blk", overlay)?;
+    let mut guest = GuestConfig::new("bench-blk", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd)
+        .with_disk("format=raw,vdev=xvdc,access=rw,target=/var/lib/rxen/bench/k.img")
+        .with_disk("format=raw,vdev=xvdd,access=rw,backendtype=qdisk,target=/var/lib/rxen/bench/q.img")
+        .hold();
+    guest.memory_mib = 512;
+    guest.vcpus = 2;
+    let g = h.xl_create(&guest)?;
+    h.run_ok(&format!(
+        r#"set -e
+d=$(xl domid {name})
+be=/local/domain/0/backend/{KIND}/$d/{XVDB}
+fe=/local/domain/$d/device/vbd/{XVDB}
+img=/var/lib/rxen/bench/r.img
+xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
+    $be/params $img $be/mode w $be/type file $be/device-type disk
+xenstore-chmod -r $be n0 r$d
+rblkback --kind {KIND} --domid $d --devid {XVDB} --path $img \
+    >/var/log/xen/rblkback-$d-{XVDB}.log 2>&1 &
+xenstore-write $fe ""
+xenstore-chmod $fe n$d r0
+xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {XVDB} $fe/device-type disk
+xenstore-write $fe/state 1
+"#,
+        name = g.name
+    ))?;
+    let budget = Duration::from_secs(u64::from(seconds) * 12 * ROUNDS as u64 + 600);
+    h.wait_guest_line(&g, "RXEN-FIO done", budget)?;
+    let console = h.guest_console(&g.name)?;
+    let _ = h.xl_destroy(&g.name);
+
+    let backend_of: BTreeMap<&str, &str> = DISKS.into_iter().collect();
+    let mut rows = Rows::new();
+    for line in console.lines().filter_map(|l| l.split_once("RXEN-FIO ").map(|(_, r)| r)) {
+        println!("  {line}");
+        let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+        let (Some(dev), Some(job)) = (kv.get("dev"), kv.get("job")) else {
+            continue;
+        };
+        let Some((_, _, mbps)) = JOBS.iter().find(|(j, _, _)| j == job) else {
+            continue;
+        };
+        let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let value = match (*mbps, job.contains("write")) {
+            (true, true) => num("wkib") * 1024.0 / 1e6,
+            (true, false) => num("rkib") * 1024.0 / 1e6,
+            (false, true) => num("wiops"),
+            (false, false) => num("riops"),
+        };
+        rows.entry((*job).to_owned())
+            .or_default()
+            .entry(backend_of.get(dev).copied().unwrap_or(dev).to_owned())
+            .or_default()
+            .push(value);
+    }
+    Ok(rows)
+}
+
+fn print_table(rows: &Rows, seconds: u32) {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "\nblock backends, same 6.12 PV guest, same fio jobs ({seconds} s each, median of {ROUNDS} rounds), {SIZE_MIB} MiB images on a dom0 tmpfs:"
+    );
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "job", "rblkback", "blkback", "qdisk", "r/blk", "r/qdisk"
+    );
+    let mut met = true;
+    for (job, _, mbps) in JOBS {
+        let get = |b: &str| rows.get(job).and_then(|r| r.get(b)).map_or(0.0, |v| median(v));
+        let (r, k, q) = (get("rblkback"), get("blkback"), get("qdisk"));
+        met &= r >= k && r >= 1.5 * q;
+        println!(
+            "  {job:<20} {r:>10.1} {k:>10.1} {q:>10.1} {:>7.2}x {:>7.2}x   {}",
+            r / k,
+            r / q,
+            if mbps { "MB/s" } else { "IOPS" }
+        );
+    }
+    println!(
+        "goal (>= 1.0x blkback and >= 1.5x qdisk on every line): {}",
+        if met { "met" } else { "NOT met" }
+    );
+}
