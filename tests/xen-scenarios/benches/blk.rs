@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use xen_harness::cpio::Archive;
 use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
-use xen_scenarios::{boot, init_logging, Figures};
+use xen_scenarios::{attach_rblkback, boot, init_logging, Figures};
 
 const XVDB: u32 = 51728;
-const KIND: &str = "rvbd";
 const SIZE_MIB: u32 = 128;
 const ROUNDS: usize = 3;
 /// (device, backend) in the guest.
@@ -96,24 +95,7 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     guest.memory_mib = 512;
     guest.vcpus = 2;
     let g = h.xl_create(&guest)?;
-    h.run_ok(&format!(
-        r#"set -e
-d=$(xl domid {name})
-be=/local/domain/0/backend/{KIND}/$d/{XVDB}
-fe=/local/domain/$d/device/vbd/{XVDB}
-img=/var/lib/rxen/bench/r.img
-xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
-    $be/params $img $be/mode w $be/type file $be/device-type disk
-xenstore-chmod -r $be n0 r$d
-rblkback --kind {KIND} --domid $d --devid {XVDB} --path $img \
-    >/var/log/xen/rblkback-$d-{XVDB}.log 2>&1 &
-xenstore-write $fe ""
-xenstore-chmod $fe n$d r0
-xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {XVDB} $fe/device-type disk
-xenstore-write $fe/state 1
-"#,
-        name = g.name
-    ))?;
+    attach_rblkback(h, &g.name, XVDB, "/var/lib/rxen/bench/r.img", "")?;
     let budget = Duration::from_secs(u64::from(seconds) * 12 * ROUNDS as u64 + 600);
     h.wait_guest_line(&g, "RXEN-FIO done", budget)?;
     let console = h.guest_console(&g.name)?;

@@ -80,6 +80,40 @@ pub fn ensure(cond: bool, msg: String) -> Result<()> {
     }
 }
 
+/// rblkback's backend kind on the test host (`backend/rvbd/...`), so that
+/// Linux's in-kernel blkback, which serves `vbd`, never claims its devices.
+pub const RBLKBACK_KIND: &str = "rvbd";
+
+/// Attaches a disk served by the project's rblkback to guest `guest`, as
+/// `xl block-attach` does for its backends: the backend directory (dom0's,
+/// readable by the guest), one `rblkback` process for the device started
+/// with `args` (e.g. `--read-only`, `--format qcow2`), logging to
+/// `/var/log/xen/rblkback-DOMID-DEVID.log`, then the frontend directory.
+pub fn attach_rblkback(h: &mut XenHost, guest: &str, devid: u32, image: &str, args: &str) -> Result<()> {
+    let mode = if args.contains("--read-only") { "r" } else { "w" };
+    let kind = RBLKBACK_KIND;
+    h.run_ok(&format!(
+        r#"set -e
+d=$(xl domid {guest})
+be=/local/domain/0/backend/{kind}/$d/{devid}
+fe=/local/domain/$d/device/vbd/{devid}
+xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
+    $be/params {image} $be/mode {mode} $be/device-type disk
+xenstore-chmod -r $be n0 r$d
+rblkback --kind {kind} --domid $d --devid {devid} --path {image} {args} \
+    >/var/log/xen/rblkback-$d-{devid}.log 2>&1 &
+# The guest owns its frontend directory before anything in it appears
+# (new nodes inherit it), and `state` comes last: blkfront probes the
+# device when it sees the directory with a state.
+xenstore-write $fe ""
+xenstore-chmod $fe n$d r0
+xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {devid} $fe/device-type disk
+xenstore-write $fe/state 1
+"#
+    ))?;
+    Ok(())
+}
+
 /// Boots a host for a suite and records its boot time.
 pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
     let start = Instant::now();

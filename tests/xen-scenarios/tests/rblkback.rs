@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use xen_harness::cpio::Archive;
 use xen_harness::{project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost};
-use xen_scenarios::{boot, ensure, init_logging, Figures};
+use xen_scenarios::{attach_rblkback, boot, ensure, init_logging, Figures, RBLKBACK_KIND};
 
 /// Time allowed for guests to reach userspace and finish their disk work
 /// (software emulation).
 const GUEST_DONE: Duration = Duration::from_secs(420);
 /// rblkback's backend kind: `/local/domain/0/backend/KIND/DOMID/DEVID`.
-const KIND: &str = "rvbd";
+const KIND: &str = RBLKBACK_KIND;
 /// xvdb and xvdc as Xen's virtual device numbers.
 const XVDB: u32 = 51728;
 const XVDC: u32 = 51744;
@@ -174,33 +174,6 @@ fn rblkback_serves_linux_blkfront() {
     );
 }
 
-/// Writes the backend and frontend nodes of a disk as `xl block-attach`
-/// does, and starts one rblkback for it.
-fn attach(h: &mut XenHost, guest: &str, devid: u32, image: &str, read_only: bool) -> Result<()> {
-    let mode = if read_only { "r" } else { "w" };
-    let ro_flag = if read_only { "--read-only" } else { "" };
-    h.run_ok(&format!(
-        r#"set -e
-d=$(xl domid {guest})
-be=/local/domain/0/backend/{KIND}/$d/{devid}
-fe=/local/domain/$d/device/vbd/{devid}
-xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
-    $be/params {image} $be/mode {mode} $be/type file $be/device-type disk
-xenstore-chmod -r $be n0 r$d
-rblkback --kind {KIND} --domid $d --devid {devid} --path {image} {ro_flag} \
-    >/var/log/xen/rblkback-$d-{devid}.log 2>&1 &
-# The guest owns its frontend directory before anything in it appears
-# (new nodes inherit it), and `state` comes last: blkfront probes the
-# device when it sees the directory with a state.
-xenstore-write $fe ""
-xenstore-chmod $fe n$d r0
-xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {devid} $fe/device-type disk
-xenstore-write $fe/state 1
-"#
-    ))?;
-    Ok(())
-}
-
 fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange: an empty image per guest, and the test disk (ext4 with a
     // file of known checksum) served read-only to the 6.1 guest.
@@ -226,9 +199,9 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     let start = Instant::now();
     let g_p61 = h.xl_create(&p61)?;
     let g_pv = h.xl_create(&pv)?;
-    attach(h, &g_p61.name, XVDB, "/var/lib/rxen/p61.img", false)?;
-    attach(h, &g_p61.name, XVDC, known_image, true)?;
-    attach(h, &g_pv.name, XVDB, "/var/lib/rxen/pv.img", false)?;
+    attach_rblkback(h, &g_p61.name, XVDB, "/var/lib/rxen/p61.img", "")?;
+    attach_rblkback(h, &g_p61.name, XVDC, known_image, "--read-only")?;
+    attach_rblkback(h, &g_pv.name, XVDB, "/var/lib/rxen/pv.img", "")?;
     let done = h.wait_guest_lines(
         &[
             (&g_p61, "RXEN-GUEST-RC 20-blk"),
@@ -368,7 +341,7 @@ fn restart_under_load(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
 
     // Act
     let g = h.xl_create(&guest)?;
-    attach(h, &g.name, XVDB, "/var/lib/rxen/restart.img", false)?;
+    attach_rblkback(h, &g.name, XVDB, "/var/lib/rxen/restart.img", "")?;
     h.wait_guest_line(&g, "RXEN-RESTART fio-start", GUEST_DONE)?;
     let restarts = h.run_ok(&format!(
         r#"set -e
@@ -457,23 +430,7 @@ fn suite_with_overlays(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
                 .with_cmdline(&format!("rxen_me={name}"))
                 .hold(),
         )?;
-        h.run_ok(&format!(
-            r#"set -e
-d=$(xl domid {name})
-be=/local/domain/0/backend/{KIND}/$d/{XVDB}
-fe=/local/domain/$d/device/vbd/{XVDB}
-img=/var/lib/rxen/{name}.qcow2
-xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
-    $be/params $img $be/mode w $be/type qcow2 $be/device-type disk
-xenstore-chmod -r $be n0 r$d
-rblkback --kind {KIND} --domid $d --devid {XVDB} --path $img --format qcow2 \
-    >/var/log/xen/rblkback-$d-{XVDB}.log 2>&1 &
-xenstore-write $fe ""
-xenstore-chmod $fe n$d r0
-xenstore-write $fe/backend $be $fe/backend-id 0 $fe/virtual-device {XVDB} $fe/device-type disk
-xenstore-write $fe/state 1
-"#
-        ))?;
+        attach_rblkback(h, name, XVDB, &format!("/var/lib/rxen/{name}.qcow2"), "--format qcow2")?;
         guests.push(g);
     }
     let lines = h.wait_guest_lines(
