@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -251,26 +253,8 @@ impl<'r> Front<'r> {
         let fe = &rig.fe_path;
         let none = Transaction::NONE;
         let write = |path: String, value: String| xs.write(none, &path, value.as_bytes()).unwrap();
-        if spec.ring_order > 0 {
-            write(format!("{fe}/ring-page-order"), spec.ring_order.to_string());
-        }
-        if spec.queues > 1 {
-            write(format!("{fe}/multi-queue-num-queues"), spec.queues.to_string());
-        }
-        for (i, q) in queues.iter().enumerate() {
-            let dir = if spec.queues == 1 { fe.clone() } else { format!("{fe}/queue-{i}") };
-            if spec.ring_order == 0 {
-                write(format!("{dir}/ring-ref"), q.ring.refs()[0].to_string());
-            } else {
-                for (j, r) in q.ring.refs().iter().enumerate() {
-                    write(format!("{dir}/ring-ref{j}"), r.to_string());
-                }
-            }
-            write(format!("{dir}/event-channel"), q.port.to_string());
-        }
-        write(format!("{fe}/protocol"), "x86_64-abi".into());
-        write(format!("{fe}/feature-persistent"), u8::from(spec.persistent).to_string());
-        write(format!("{fe}/state"), "3".into());
+        let published: Vec<(&[GrantRef], EvtchnPort)> = queues.iter().map(|q| (q.ring.refs(), q.port)).collect();
+        common::publish_rings(&xs, fe, spec.ring_order, &published, spec.persistent);
         rig.wait_backend_state("4");
         let mut features = HashMap::new();
         for node in [

@@ -19,6 +19,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::os::unix::fs::FileExt;
@@ -474,30 +476,11 @@ impl<'r> Front<'r> {
             queues.push(FrontQueue { ring, port, state });
         }
         let fe = &rig.fe_path;
-        let write = |node: String, value: String| xs.write(Transaction::NONE, &node, value.as_bytes()).unwrap();
         for node in ["ring-page-order", "multi-queue-num-queues", "ring-ref", "event-channel", "queue-0", "queue-1"] {
             let _ = xs.rm(Transaction::NONE, &format!("{fe}/{node}"));
         }
-        if spec.ring_order > 0 {
-            write(format!("{fe}/ring-page-order"), spec.ring_order.to_string());
-        }
-        if spec.queues > 1 {
-            write(format!("{fe}/multi-queue-num-queues"), spec.queues.to_string());
-        }
-        for (i, q) in queues.iter().enumerate() {
-            let dir = if spec.queues == 1 { fe.clone() } else { format!("{fe}/queue-{i}") };
-            if spec.ring_order == 0 {
-                write(format!("{dir}/ring-ref"), q.ring.refs()[0].to_string());
-            } else {
-                for (j, r) in q.ring.refs().iter().enumerate() {
-                    write(format!("{dir}/ring-ref{j}"), r.to_string());
-                }
-            }
-            write(format!("{dir}/event-channel"), q.port.to_string());
-        }
-        write(format!("{fe}/protocol"), "x86_64-abi".into());
-        write(format!("{fe}/feature-persistent"), u8::from(spec.persistent).to_string());
-        write(format!("{fe}/state"), "3".into());
+        let published: Vec<(&[hypercall_abi::xen::GrantRef], EvtchnPort)> = queues.iter().map(|q| (q.ring.refs(), q.port)).collect();
+        common::publish_rings(&xs, fe, spec.ring_order, &published, spec.persistent);
         Front {
             rig,
             xs,
