@@ -42,6 +42,12 @@ const PHASE_ENV: &str = "RXEN_BLK_BENCH_PHASE_MS";
 /// Caps the frontend's queues (`max_queues`; the default is blkfront's 4,
 /// of which the backend offers one per CPU).
 const QUEUES_ENV: &str = "RXEN_BLK_BENCH_QUEUES";
+/// Busy-polling of both ends, in microseconds (`poll_us` of rblkback and
+/// rblkfront); 0 makes both sleep on their event channels at once.
+const POLL_ENV: &str = "RXEN_BLK_BENCH_POLL_US";
+/// Default for [`POLL_ENV`]: polling, since the loopback figures measure
+/// the data path at native speed on a host with a CPU for each end.
+const DEFAULT_POLL_US: u64 = 50;
 /// How long each measurement runs.
 const PHASE_TIME: Duration = Duration::from_millis(1500);
 /// How many times the rows run, interleaved.
@@ -218,6 +224,7 @@ fn frontend() -> Result<(), Error> {
     if let Some(queues) = std::env::var(QUEUES_ENV).ok().and_then(|q| q.parse().ok()) {
         cfg.max_queues = queues;
     }
+    cfg.poll = poll();
     let mut dev = BlockFrontend::open(grants, evtchn, store, cfg)?;
     if dev.size() != DISK_BYTES {
         return Err(format!("the device has {} bytes, not {DISK_BYTES}", dev.size()).into());
@@ -226,9 +233,11 @@ fn frontend() -> Result<(), Error> {
 
     println!(
         "blk_loopback: rblkfront -> rblkback (separate processes) on a {} MiB tmpfs file vs \
-         pread/pwrite of the same file; best of {ROUNDS} interleaved runs of {:.1} s per figure",
+         pread/pwrite of the same file; best of {ROUNDS} interleaved runs of {:.1} s per figure; \
+         both ends busy-poll {} us before sleeping ({POLL_ENV})",
         DISK_BYTES >> 20,
-        phase.as_secs_f64()
+        phase.as_secs_f64(),
+        poll().as_micros()
     );
     let max_request = dev.max_request_bytes();
     println!(
@@ -433,15 +442,18 @@ fn backend() -> Result<(), Error> {
             stop.stop();
         });
     }
-    let mut backend = Backend::new(
-        LoopbackPlatform::from_domain(d0),
-        Arc::new(disk),
-        BackendConfig::new(0, FE, DEVID),
-    )?;
+    let mut cfg = BackendConfig::new(0, FE, DEVID);
+    cfg.poll = poll();
+    let mut backend = Backend::new(LoopbackPlatform::from_domain(d0), Arc::new(disk), cfg)?;
     println!("ready");
     std::io::stdout().flush()?;
     backend.run(&stop)?;
     Ok(())
+}
+
+/// Both ends' busy-polling time ([`POLL_ENV`]).
+fn poll() -> Duration {
+    Duration::from_micros(std::env::var(POLL_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_POLL_US))
 }
 
 /// Creates the vbd's directories as `xl block-attach` does, each readable

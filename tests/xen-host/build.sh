@@ -50,8 +50,11 @@ LIBGCC_VER=$(candidate libgcc-s1)
 # Debian's source package as a static binary, since Debian's binary
 # package links a dozen storage libraries (ceph, glusterfs, rdma, ...).
 FIO_VER=$(candidate fio)
-# e2fsprogs in guests: make, check and mount ext4 on a PV disk.
-GUEST_E2FS_DEBS="e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1"
+# Debian packages unpacked into guests with the libraries they link:
+# e2fsprogs (make, check and mount ext4 on a PV disk) and iperf3 (the
+# network benchmark's guest end).
+GUEST_E2FS_DEBS="e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1
+iperf3 libiperf0 libsctp1 libssl3"
 GUEST_E2FS_VERS=""
 for p in $GUEST_E2FS_DEBS; do GUEST_E2FS_VERS="$GUEST_E2FS_VERS $p=$(candidate "$p")"; done
 DOM0_KVER=${DOM0_PKG#linux-image-}
@@ -77,7 +80,8 @@ tun veth dummy"
 # qemu-system-xen: QEMU's qdisk backend (xl's backendtype=qdisk), the
 # peer the block benchmark measures rblkback against.
 DOM0_PACKAGES="xen-utils-4.17=$XEN_UTILS_VER busybox iproute2 kmod procps psmisc
-util-linux mount e2fsprogs coreutils qemu-system-xen=$(candidate qemu-system-xen)"
+util-linux mount e2fsprogs coreutils qemu-system-xen=$(candidate qemu-system-xen)
+iperf3=$(candidate iperf3)"
 
 # dom0: Debian's 6.1 kernel and a debootstrap root with Xen's tools, packed
 # as one initramfs. Only the modules in DOM0_MODULES (and their
@@ -138,7 +142,7 @@ build_fio() {
 # Guest modules: the PV front ends and the userspace Xen devices a test
 # program may open. ext4 and hvc0 are built into Debian's cloud kernels.
 GUEST_MODULES="xen-blkfront xen-netfront xen-evtchn xen-gntdev xen-gntalloc
-xen-privcmd xenfs"
+xen-privcmd xenfs nbd tun"
 
 # Guest kernels and one busybox initramfs that carries the modules of both
 # kernels and the C runtime (so that dynamically linked project binaries,
@@ -164,11 +168,12 @@ build_guest() {
     # e2fsprogs: mke2fs and e2fsck with the libraries they link.
     for m in $GUEST_E2FS_VERS; do
         k=$(extract_deb "${m%%=*}" "${m#*=}")
-        for f in "$k"/sbin/mke2fs "$k"/sbin/e2fsck "$k"/etc/mke2fs.conf \
+        for f in "$k"/sbin/mke2fs "$k"/sbin/e2fsck "$k"/etc/mke2fs.conf "$k"/usr/bin/iperf3 \
                  "$k"/lib/x86_64-linux-gnu/lib*.so.* "$k"/usr/lib/x86_64-linux-gnu/lib*.so.*; do
             [ -e "$f" ] || continue
             case $f in
             */sbin/*) install -m 0755 "$f" "$root/sbin/" ;;
+            */usr/bin/*) install -m 0755 "$f" "$root/usr/bin/" ;;
             */etc/*) install -m 0644 "$f" "$root/etc/" ;;
             *) cp -L "$f" "$root/lib/x86_64-linux-gnu/" ;;
             esac

@@ -101,6 +101,10 @@ pub struct BackendConfig {
     /// queues still stop cleanly: every request taken off a ring is
     /// answered, and every grant and event channel is released.
     pub keep_connected: bool,
+    /// How long each queue busy-polls its ring before sleeping on its
+    /// event channel ([`crate::queue::Queue::polling`]); zero (the
+    /// default) sleeps at once.
+    pub poll: Duration,
 }
 
 impl BackendConfig {
@@ -119,6 +123,7 @@ impl BackendConfig {
             poll_interval: Duration::from_millis(200),
             kind: "vbd".to_owned(),
             keep_connected: false,
+            poll: Duration::ZERO,
         }
     }
 
@@ -653,7 +658,8 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         let mut connected = Vec::new();
         for (q, (refs, port)) in (0..).zip(&rings) {
             let evtchn = self.platform.event_channels()?;
-            let queue = Queue::connect(q, &*self.grants, evtchn, self.cfg.frontend_domid, refs, *port)?;
+            let queue = Queue::connect(q, &*self.grants, evtchn, self.cfg.frontend_domid, refs, *port)?
+                .polling(self.cfg.poll);
             connected.push(match attach {
                 Attach::Connect => queue,
                 Attach::Resume => queue.resuming(),

@@ -78,6 +78,11 @@ pub struct FrontendConfig {
     /// How long to wait for each step of the handshake, and for the next
     /// response while requests are in flight.
     pub timeout: Duration,
+    /// How long to busy-poll the rings for responses before sleeping on
+    /// the event channel (`poll`, zero: sleep at once). `rsp_event` is
+    /// not re-armed while polling, so the backend sends no event for
+    /// responses that come within it.
+    pub poll: Duration,
 }
 
 impl FrontendConfig {
@@ -92,6 +97,7 @@ impl FrontendConfig {
             persistent: true,
             honour_read_only: true,
             timeout: Duration::from_secs(30),
+            poll: Duration::ZERO,
         }
     }
 
@@ -874,6 +880,9 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
             if progress {
                 return Ok(());
             }
+            if !self.cfg.poll.is_zero() && poll_responses(&mut conn.queues, self.cfg.poll)? {
+                continue;
+            }
             let mut more = false;
             for queue in &mut conn.queues {
                 if queue.in_flight() > 0 && queue.final_check()? {
@@ -1012,6 +1021,29 @@ fn build_request(
 /// Finishes one answered request: copies a read's data out, releases
 /// non-persistent pages (which the backend must have unmapped), and turns
 /// a failure status into an error.
+/// Busy-polls the rings of `queues` with requests in flight for up to
+/// `poll`: true as soon as one has a response. Unlike the final check
+/// before sleeping it leaves `rsp_event` alone, so the backend does not
+/// send an event for what comes meanwhile.
+fn poll_responses<Sh: SharedGrants>(queues: &mut [Queue<Sh>], poll: Duration) -> Result<bool, Error> {
+    let start = Instant::now();
+    loop {
+        // The clock is read every few rounds: it costs more than a look
+        // at the rings.
+        for _ in 0..64 {
+            for queue in queues.iter_mut() {
+                if queue.in_flight() > 0 && queue.has_responses()? {
+                    return Ok(true);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= poll {
+            return Ok(false);
+        }
+    }
+}
+
 fn complete<G: GrantShare>(
     grants: &G,
     queue: &Queue<G::Shared>,

@@ -22,7 +22,8 @@ Examples:
   rblkfront check --devid 51728
   rblkfront check --devid 51728 --bytes 64M --max-ring-page-order 2
   rblkfront --platform loopback --loopback-dir /tmp/hv --domid 1 check --devid 51712
-  modprobe nbd && rblkfront nbd --devid 51728 --nbd /dev/nbd0   # until nbd-client -d /dev/nbd0
+  modprobe nbd && rblkfront nbd --devid 51728 --nbd /dev/nbd0 &
+  rblkfront nbd-disconnect --nbd /dev/nbd0      # as nbd-client -d
 
 `check` prints one line on stdout:
   RBLKFRONT-CHECK PASS bytes=N MB/s-write=W MB/s-read=R
@@ -63,8 +64,18 @@ enum Command {
     /// mixed sizes, flush, read it back and verify it.
     Check(CheckArgs),
     /// Expose the disk as a Linux NBD device until it is disconnected
-    /// (nbd-client -d).
+    /// (nbd-disconnect, or nbd-client -d).
     Nbd(NbdArgs),
+    /// Ask the kernel to disconnect an NBD device (as nbd-client -d):
+    /// `nbd` then flushes, disconnects from the backend and exits.
+    NbdDisconnect(NbdDisconnectArgs),
+}
+
+#[derive(Debug, Args)]
+struct NbdDisconnectArgs {
+    /// The NBD device node.
+    #[arg(long, default_value = "/dev/nbd0")]
+    nbd: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +108,10 @@ struct DeviceArgs {
     /// Seconds to wait for each handshake step and for each response.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Busy-poll for responses this many microseconds before sleeping on
+    /// the event channel (0: sleep at once).
+    #[arg(long, default_value_t = 0)]
+    poll_us: u64,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +161,7 @@ fn config(args: &DeviceArgs) -> FrontendConfig {
     cfg.max_indirect_segments = args.max_indirect_segments;
     cfg.persistent = !args.no_persistent;
     cfg.timeout = Duration::from_secs(args.timeout);
+    cfg.poll = Duration::from_micros(args.poll_us);
     cfg
 }
 
@@ -233,6 +249,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match &cli.command {
         Command::Check(args) => args,
+        Command::NbdDisconnect(args) => {
+            let path = args.nbd.display().to_string();
+            let result = rblkfront::sys::NbdDevice::open(&args.nbd)
+                .and_then(|device| device.disconnect())
+                .map_err(|e| MainError::NbdDevice(path, e));
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Nbd(args) => {
             return match run_nbd(&cli, args) {
                 Ok(()) => ExitCode::SUCCESS,

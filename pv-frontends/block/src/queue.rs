@@ -221,6 +221,11 @@ impl<Sh: SharedGrants> Queue<Sh> {
         }
     }
 
+    /// Whether responses are waiting, without asking for an event.
+    pub fn has_responses(&mut self) -> Result<bool, Error> {
+        self.with_ring(|r| r.has_unconsumed_responses())
+    }
+
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: true if responses arrived and
     /// the caller must not sleep.
     pub fn final_check(&mut self) -> Result<bool, Error> {

@@ -37,6 +37,8 @@ struct DiskSpec {
     persistent: bool,
     max_queues: u32,
     max_indirect_segments: u32,
+    /// rblkback's busy-polling time.
+    poll: std::time::Duration,
 }
 
 impl Default for DiskSpec {
@@ -48,6 +50,7 @@ impl Default for DiskSpec {
             persistent: true,
             max_queues: 4,
             max_indirect_segments: 256,
+            poll: std::time::Duration::ZERO,
         }
     }
 }
@@ -73,6 +76,7 @@ impl Rig {
         cfg.max_queues = spec.max_queues;
         cfg.max_indirect_segments = spec.max_indirect_segments;
         cfg.poll_interval = std::time::Duration::from_millis(50);
+        cfg.poll = spec.poll;
         let stop = Arc::new(StopSignal::new().unwrap());
         let backend = {
             let (d0, stop, path) = (ts.d0.clone(), Arc::clone(&stop), disk_path.clone());
@@ -504,6 +508,18 @@ fn a_batch_keeps_the_rings_full_and_its_data_round_trips() {
     assert!(stats.max_in_flight >= 32, "a ring's worth was in flight at once: {stats:?}");
     assert!(stats.indirect_req > 0, "{stats:?}");
     assert_eq!(stats.rd_req, stats.wr_req, "one blkif request per transfer each way: {stats:?}");
+}
+
+#[test]
+fn data_round_trips_when_both_ends_busy_poll() {
+    let spec = DiskSpec { size: 16 << 20, poll: std::time::Duration::from_micros(200), ..Default::default() };
+    let mut cfg = config();
+    cfg.poll = std::time::Duration::from_micros(200);
+
+    exercise(spec, cfg.clone());
+    let stats = batch_round_trip(spec, cfg);
+
+    assert!(stats.max_in_flight >= 32, "a ring's worth was in flight at once: {stats:?}");
 }
 
 #[test]
