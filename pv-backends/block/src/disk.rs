@@ -17,6 +17,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -132,6 +133,20 @@ pub trait Disk: Send + Sync {
     ) -> Result<(), DiskError> {
         bounce_write(self, offset, regions, bounce)
     }
+    /// The file descriptor through which `regions` can be read or written
+    /// (`write`) at `offset` directly, as one vectored operation that the
+    /// caller submits itself (batched, through io_uring), after the same
+    /// checks as [`read_vectored`](Disk::read_vectored) and
+    /// [`write_vectored`](Disk::write_vectored) make. `None` (the
+    /// default): use those instead.
+    fn direct_fd(
+        &self,
+        _offset: u64,
+        _regions: &[SharedMemory<'_>],
+        _write: bool,
+    ) -> Result<Option<std::os::fd::RawFd>, DiskError> {
+        Ok(None)
+    }
     /// Makes completed writes durable (`fdatasync`).
     fn flush(&self) -> Result<(), DiskError>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
@@ -192,6 +207,15 @@ impl Disk for Box<dyn Disk> {
         bounce: &mut BounceBuffer,
     ) -> Result<(), DiskError> {
         (**self).write_vectored(offset, regions, bounce)
+    }
+
+    fn direct_fd(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        write: bool,
+    ) -> Result<Option<std::os::fd::RawFd>, DiskError> {
+        (**self).direct_fd(offset, regions, write)
     }
 
     fn flush(&self) -> Result<(), DiskError> {
@@ -445,6 +469,24 @@ impl Disk for RawDisk {
         }
         sys::write_vectored_at(&self.file, offset, regions)
             .map_err(|source| DiskError::Io { op: "write", offset, len, source })
+    }
+
+    fn direct_fd(
+        &self,
+        offset: u64,
+        regions: &[SharedMemory<'_>],
+        write: bool,
+    ) -> Result<Option<std::os::fd::RawFd>, DiskError> {
+        if write && self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check(offset, regions_len(regions) as u64)?;
+        // Reads into a page mapped read-only are refused by read_vectored;
+        // leave them (and regions O_DIRECT cannot take) to it.
+        let direct = self.takes_directly(regions)
+            && regions.len() <= sys::IOV_MAX
+            && (write || regions.iter().all(|r| r.is_writable()));
+        Ok(direct.then(|| self.file.as_raw_fd()))
     }
 
     fn flush(&self) -> Result<(), DiskError> {

@@ -97,6 +97,10 @@ pub struct GrantPages<G: GrantMap> {
     map: Arc<G>,
     domid: DomId,
     cache: Option<PersistentCache<G::Mapped>>,
+    /// Between [`GrantPages::begin_batch`] and [`GrantPages::end_batch`]:
+    /// every request mapped counts as the current one, so that no page of
+    /// the batch is evicted while the batch's I/O may still use it.
+    in_batch: bool,
 }
 
 impl<G: GrantMap> std::fmt::Debug for GrantPages<G> {
@@ -113,7 +117,7 @@ impl<G: GrantMap> GrantPages<G> {
     /// `persistent` of them) when `persistent` is `Some`.
     pub fn new(map: Arc<G>, domid: DomId, persistent: Option<usize>) -> Self {
         let cache = persistent.map(|max| PersistentCache { entries: HashMap::new(), max, clock: 0 });
-        GrantPages { map, domid, cache }
+        GrantPages { map, domid, cache, in_batch: false }
     }
 
     /// Whether pages persist across requests.
@@ -139,7 +143,9 @@ impl<G: GrantMap> GrantPages<G> {
                 uncached.extend_from_slice(refs);
             }
             Some(cache) => {
-                cache.clock += 1;
+                if !self.in_batch {
+                    cache.clock += 1;
+                }
                 let now = cache.clock;
                 for &gref in refs {
                     if let Some(entry) = cache.entries.get_mut(&gref) {
@@ -174,6 +180,23 @@ impl<G: GrantMap> GrantPages<G> {
             .map(|refs| self.map.map(self.domid, refs, writable))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RequestPages { batches, slots })
+    }
+
+    /// Starts a batch: until [`end_batch`](GrantPages::end_batch), the
+    /// persistent pages of every request mapped stay in the cache (an
+    /// eviction picks only pages not used since the batch began; a request
+    /// that finds none to evict maps its pages for itself). The requests'
+    /// I/O may then run together, after all of them are mapped.
+    pub fn begin_batch(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            cache.clock += 1;
+        }
+        self.in_batch = true;
+    }
+
+    /// Ends a batch: its I/O is complete.
+    pub fn end_batch(&mut self) {
+        self.in_batch = false;
     }
 
     /// Copies `buf.len()` bytes at `offset` of page `index` of a request.

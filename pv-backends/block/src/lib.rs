@@ -47,6 +47,7 @@ pub mod request;
 pub mod stats;
 mod stop;
 mod sys;
+mod uring;
 pub mod xenbus;
 
 pub use disk::{Disk, DiskError, MemDisk, RawDisk, RawDiskOptions};

@@ -200,7 +200,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // module documentation); writing them all at once keeps that
             // window to a few stores.
             responses.clear();
-            responses.extend(batch.iter().map(|request| device.handle(request)));
+            device.handle_batch(&batch, &mut responses);
             for response in &responses {
                 ring.put_response(response).map_err(ring_error)?;
             }

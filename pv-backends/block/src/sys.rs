@@ -78,7 +78,7 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Most iovecs one `preadv`/`pwritev` call takes (`IOV_MAX`, `<limits.h>`
 /// on Linux): longer lists are split.
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// Direction of a vectored transfer between a file and shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,62 +107,107 @@ pub(crate) fn write_vectored_at(file: &File, offset: u64, regions: &[SharedMemor
     transfer_vectored(file, offset, regions, Vectored::Write)
 }
 
-fn transfer_vectored(file: &File, mut offset: u64, regions: &[SharedMemory<'_>], dir: Vectored) -> io::Result<()> {
+fn transfer_vectored(file: &File, offset: u64, regions: &[SharedMemory<'_>], dir: Vectored) -> io::Result<()> {
+    let mut offset = offset;
     for chunk in regions.chunks(IOV_MAX) {
         // Raw pointers into the regions: no Rust reference to the memory
         // is made, the kernel reads or writes it.
-        let mut iovecs: Vec<libc::iovec> = chunk
+        let iovecs: Vec<libc::iovec> = chunk
             .iter()
             .filter(|r| !r.is_empty())
             .map(|r| libc::iovec { iov_base: r.as_ptr().cast(), iov_len: r.len() })
             .collect();
-        let mut first = 0;
-        while let Some(rest) = iovecs.get(first..).filter(|rest| !rest.is_empty()) {
-            let pos = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // At most IOV_MAX entries: fits a c_int.
-            let count = rest.len() as libc::c_int;
-            // SAFETY: `rest` is a live slice of `count` iovecs, each
-            // describing `iov_len` bytes of a `SharedMemory` region (or
-            // the unread tail of one). `regions` is borrowed for the whole
-            // call, so by `SharedMemory`'s contract each range stays mapped,
-            // readable, and writable where we read into it (checked by
-            // `read_vectored_at`). No Rust reference to those bytes exists
-            // in this process (the same contract), so the kernel writing
-            // them breaks no aliasing rule; the frontend changing them
-            // meanwhile only changes the data, as with DMA.
-            let rc = unsafe {
-                match dir {
-                    Vectored::Read => libc::preadv(file.as_raw_fd(), rest.as_ptr(), count, pos),
-                    Vectored::Write => libc::pwritev(file.as_raw_fd(), rest.as_ptr(), count, pos),
-                }
-            };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
+        let len: usize = iovecs.iter().map(|iov| iov.iov_len).sum();
+        // SAFETY: each iovec describes a `SharedMemory` region, borrowed
+        // for the whole call, so by `SharedMemory`'s contract it stays
+        // mapped, readable, and writable where we read into it (checked by
+        // `read_vectored_at`), and no Rust reference to those bytes exists
+        // in this process.
+        unsafe { transfer_iovecs(file.as_raw_fd(), offset, iovecs, dir == Vectored::Write)? };
+        offset += len as u64;
+    }
+    Ok(())
+}
+
+/// Completes a vectored transfer of which the first `done` bytes were
+/// already made (an io_uring operation that came back short): the rest
+/// of `iovecs` is read or written at `offset + done`.
+///
+/// # Safety
+///
+/// As for [`transfer_iovecs`].
+pub(crate) unsafe fn finish_iovecs(
+    fd: std::os::fd::RawFd,
+    offset: u64,
+    iovecs: &[libc::iovec],
+    done: usize,
+    write: bool,
+) -> io::Result<()> {
+    let mut skip = done;
+    let mut rest = Vec::with_capacity(iovecs.len());
+    for iov in iovecs {
+        if skip >= iov.iov_len {
+            skip -= iov.iov_len;
+            continue;
+        }
+        rest.push(libc::iovec { iov_base: iov.iov_base.cast::<u8>().wrapping_add(skip).cast(), iov_len: iov.iov_len - skip });
+        skip = 0;
+    }
+    // SAFETY: the caller's contract (a suffix of the same memory).
+    unsafe { transfer_iovecs(fd, offset + done as u64, rest, write) }
+}
+
+/// `preadv`/`pwritev` of all of `iovecs` (at most [`IOV_MAX`]) at
+/// `offset` of `fd`, continuing short transfers.
+///
+/// # Safety
+///
+/// Each iovec must describe memory that stays mapped during the call
+/// (writable, for a read) and to which no Rust reference exists: the
+/// kernel reads or writes it.
+unsafe fn transfer_iovecs(fd: std::os::fd::RawFd, mut offset: u64, mut iovecs: Vec<libc::iovec>, write: bool) -> io::Result<()> {
+    let mut first = 0;
+    while let Some(rest) = iovecs.get(first..).filter(|rest| !rest.is_empty()) {
+        let pos = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let count = libc::c_int::try_from(rest.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `rest` is a live slice of `count` iovecs, each describing
+        // memory valid for the kernel to read or write (the caller's
+        // contract); the frontend changing it meanwhile only changes the
+        // data, as with DMA.
+        let rc = unsafe {
+            if write {
+                libc::pwritev(fd, rest.as_ptr(), count, pos)
+            } else {
+                libc::preadv(fd, rest.as_ptr(), count, pos)
             }
-            if rc == 0 {
-                return Err(match dir {
-                    Vectored::Read => io::Error::from(io::ErrorKind::UnexpectedEof),
-                    Vectored::Write => io::Error::from(io::ErrorKind::WriteZero),
-                });
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            // rc > 0 and at most the bytes asked for.
-            let mut done = rc as usize;
-            offset += done as u64;
-            // Skip the iovecs completed, trim the one completed in part.
-            while done > 0 {
-                let Some(iov) = iovecs.get_mut(first) else { break };
-                if done >= iov.iov_len {
-                    done -= iov.iov_len;
-                    first += 1;
-                } else {
-                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(done).cast();
-                    iov.iov_len -= done;
-                    done = 0;
-                }
+            return Err(err);
+        }
+        if rc == 0 {
+            return Err(if write {
+                io::Error::from(io::ErrorKind::WriteZero)
+            } else {
+                io::Error::from(io::ErrorKind::UnexpectedEof)
+            });
+        }
+        // rc > 0 and at most the bytes asked for.
+        let mut done = rc as usize;
+        offset += done as u64;
+        // Skip the iovecs completed, trim the one completed in part.
+        while done > 0 {
+            let Some(iov) = iovecs.get_mut(first) else { break };
+            if done >= iov.iov_len {
+                done -= iov.iov_len;
+                first += 1;
+            } else {
+                iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(done).cast();
+                iov.iov_len -= done;
+                done = 0;
             }
         }
     }

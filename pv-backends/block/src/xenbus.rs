@@ -680,7 +680,7 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
                 self.cfg.frontend_domid,
                 persistent.then_some(self.cfg.max_persistent_grants),
             );
-            let device = BlockDevice::new(pages, Arc::clone(&self.disk), limits, Arc::clone(&self.stats));
+            let device = BlockDevice::new(pages, Arc::clone(&self.disk), limits, Arc::clone(&self.stats)).batched();
             match queue::spawn(queue, device, Arc::clone(&stop)) {
                 Ok(thread) => connection.threads.push(thread),
                 Err(e) => {
