@@ -1,0 +1,617 @@
+//! Linux TAP devices for userspace network backends.
+//!
+//! A [`Tap`] is one queue (file descriptor) of a TAP interface created
+//! through `/dev/net/tun` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`: every
+//! frame read or written is preceded by a [`VirtioNetHdr`] carrying its
+//! checksum and segmentation offload metadata, and the kernel hands out
+//! partially checksummed or GSO frames only as far as
+//! [`Tap::set_offload`] allows. With `multi_queue`, more queues of the
+//! same interface are opened with [`Tap::open_queue`], and the kernel
+//! spreads frames across them.
+//!
+//! The interface is configured through the usual ioctls: MAC address,
+//! MTU, link up, and membership of a Linux bridge (what Xen's `vif-bridge`
+//! hotplug script does for in-kernel netback's `vif<domid>.<devid>`).
+//!
+//! [`PacketSocket`] is the other side of an interface, a raw `AF_PACKET`
+//! socket bound to it: the host's view, for tests and diagnostics.
+//!
+//! Everything here needs `CAP_NET_ADMIN` (and `CAP_NET_RAW` for
+//! [`PacketSocket`]); [`TapError::Permission`] says so.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod sys;
+mod vnet;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use bitflags::bitflags;
+
+pub use vnet::*;
+
+/// The clone device that creates TUN/TAP interfaces.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+/// Longest interface name (`IFNAMSIZ - 1`).
+pub const MAX_NAME_LEN: usize = sys::IFNAMSIZ - 1;
+
+/// `IFF_TAP` (`<linux/if_tun.h>`): Ethernet frames, not IP packets.
+const IFF_TAP: i16 = 0x0002;
+/// `IFF_NO_PI`: no `struct tun_pi` before frames.
+const IFF_NO_PI: i16 = 0x1000;
+/// `IFF_VNET_HDR`: a `struct virtio_net_hdr` before frames.
+const IFF_VNET_HDR: i16 = 0x4000;
+/// `IFF_MULTI_QUEUE`: the interface has one queue per open fd.
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+/// `IFF_UP` (`<linux/if.h>`).
+const IFF_UP: i16 = 0x1;
+
+bitflags! {
+    /// The offloads of `TUNSETOFFLOAD` (`TUN_F_*`): which metadata the
+    /// kernel may leave to the reader of the TAP (frames with
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`, GSO frames). Without them the kernel
+    /// completes checksums and segments frames before handing them out.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Offload: u32 {
+        /// `TUN_F_CSUM`: partial checksums.
+        const CSUM = 0x01;
+        /// `TUN_F_TSO4`: TCP segmentation over IPv4 (needs `CSUM`).
+        const TSO4 = 0x02;
+        /// `TUN_F_TSO6`: TCP segmentation over IPv6 (needs `CSUM`).
+        const TSO6 = 0x04;
+        /// `TUN_F_TSO_ECN`: TSO with the ECN bits.
+        const TSO_ECN = 0x08;
+    }
+}
+
+/// Why a TAP operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// `/dev/net/tun` does not exist.
+    #[error("{TUN_DEVICE} does not exist: load the tun module (modprobe tun) or create the node (mknod /dev/net/tun c 10 200)")]
+    NoTunDevice,
+    /// The caller lacks `CAP_NET_ADMIN` (or `CAP_NET_RAW`).
+    #[error("{op} on {name} is not permitted: it needs CAP_NET_ADMIN (run as root)")]
+    Permission {
+        /// What was attempted.
+        op: &'static str,
+        /// The interface.
+        name: String,
+    },
+    /// The interface name is empty, too long or holds a character Linux refuses.
+    #[error("{0:?} is not a valid interface name: 1 to {MAX_NAME_LEN} bytes, no '/', ':', whitespace or NUL")]
+    BadName(String),
+    /// An ioctl or system call failed.
+    #[error("{op} on {name} failed: {source}")]
+    Io {
+        /// What was attempted, e.g. `"TUNSETIFF"`.
+        op: &'static str,
+        /// The interface.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TapError {
+    fn io(op: &'static str, name: &str, source: io::Error) -> Self {
+        if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+            TapError::Permission {
+                op,
+                name: name.to_owned(),
+            }
+        } else {
+            TapError::Io {
+                op,
+                name: name.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// Checks an interface name as Linux's `dev_valid_name` does.
+pub fn check_name(name: &str) -> Result<(), TapError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(TapError::BadName(name.to_owned()))
+    }
+}
+
+/// Runs `f` with a socket for interface ioctls.
+fn with_control_socket<T>(
+    op: &'static str,
+    name: &str,
+    f: impl FnOnce(BorrowedFd<'_>) -> io::Result<T>,
+) -> Result<T, TapError> {
+    let socket = sys::control_socket().map_err(|e| TapError::io("socket(AF_INET)", name, e))?;
+    f(socket.as_fd()).map_err(|e| TapError::io(op, name, e))
+}
+
+/// One queue of a TAP interface, non-blocking. The interface disappears
+/// when its last queue is closed.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+    multi_queue: bool,
+}
+
+impl Tap {
+    /// Creates TAP interface `name` (or attaches to it, if a multi-queue
+    /// interface of that name exists and belongs to us), with a
+    /// [`VirtioNetHdr`] before every frame and no offload yet. With
+    /// `multi_queue`, further queues come from [`Tap::open_queue`].
+    pub fn create(name: &str, multi_queue: bool) -> Result<Tap, TapError> {
+        check_name(name)?;
+        if !Path::new(TUN_DEVICE).exists() {
+            return Err(TapError::NoTunDevice);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(TUN_DEVICE)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => TapError::NoTunDevice,
+                _ => TapError::io("open /dev/net/tun", name, e),
+            })?;
+        let mut req = sys::IfReq::new(name);
+        let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if multi_queue {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        req.set_flags(flags);
+        sys::ioctl_ifreq(file.as_fd(), sys::TUNSETIFF, &mut req)
+            .map_err(|e| TapError::io("TUNSETIFF", name, e))?;
+        let name = req.name();
+        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        sys::ioctl_int_ptr(file.as_fd(), sys::TUNSETVNETHDRSZ, hdr_len)
+            .map_err(|e| TapError::io("TUNSETVNETHDRSZ", &name, e))?;
+        let tap = Tap {
+            file,
+            name,
+            multi_queue,
+        };
+        tap.set_offload(Offload::empty())?;
+        log::debug!(
+            "{}: TAP queue opened{}",
+            tap.name,
+            if multi_queue { " (multi-queue)" } else { "" }
+        );
+        Ok(tap)
+    }
+
+    /// Opens another queue of this multi-queue interface.
+    pub fn open_queue(&self) -> Result<Tap, TapError> {
+        if !self.multi_queue {
+            return Err(TapError::Io {
+                op: "open another queue",
+                name: self.name.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the TAP was created without multi_queue",
+                ),
+            });
+        }
+        Tap::create(&self.name, true)
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the interface has one queue per fd.
+    pub fn is_multi_queue(&self) -> bool {
+        self.multi_queue
+    }
+
+    /// Sets the offloads the reader accepts (`TUNSETOFFLOAD`), for every
+    /// queue of the interface. TSO without `CSUM` is ignored by the kernel.
+    pub fn set_offload(&self, offload: Offload) -> Result<(), TapError> {
+        sys::ioctl_value(
+            self.file.as_fd(),
+            sys::TUNSETOFFLOAD,
+            libc::c_ulong::from(offload.bits()),
+        )
+        .map_err(|e| TapError::io("TUNSETOFFLOAD", &self.name, e))
+    }
+
+    /// Turns the carrier on or off (`TUNSETCARRIER`): without carrier the
+    /// kernel queues nothing for the TAP and a bridge does not forward to it.
+    pub fn set_carrier(&self, on: bool) -> Result<(), TapError> {
+        sys::ioctl_int_ptr(self.file.as_fd(), sys::TUNSETCARRIER, libc::c_int::from(on))
+            .map_err(|e| TapError::io("TUNSETCARRIER", &self.name, e))
+    }
+
+    /// Another fd on the same queue (`dup`), e.g. for a thread of its own.
+    pub fn try_clone(&self) -> Result<Tap, TapError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| TapError::io("dup", &self.name, e))?;
+        Ok(Tap {
+            file,
+            name: self.name.clone(),
+            multi_queue: self.multi_queue,
+        })
+    }
+
+    /// Sets the interface's MAC address.
+    pub fn set_mac(&self, mac: [u8; 6]) -> Result<(), TapError> {
+        set_mac(&self.name, mac)
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> Result<[u8; 6], TapError> {
+        let mut req = sys::IfReq::new(&self.name);
+        with_control_socket("SIOCGIFHWADDR", &self.name, |s| {
+            sys::ioctl_ifreq(s, sys::SIOCGIFHWADDR, &mut req)
+        })?;
+        Ok(req.hwaddr().1)
+    }
+
+    /// Sets the interface's MTU.
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), TapError> {
+        let mut req = sys::IfReq::new(&self.name);
+        let mtu = i32::try_from(mtu).map_err(|_| {
+            TapError::io(
+                "SIOCSIFMTU",
+                &self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            )
+        })?;
+        req.set_int(mtu);
+        with_control_socket("SIOCSIFMTU", &self.name, |s| {
+            sys::ioctl_ifreq(s, sys::SIOCSIFMTU, &mut req)
+        })
+    }
+
+    /// The interface's MTU.
+    pub fn mtu(&self) -> Result<u32, TapError> {
+        let mut req = sys::IfReq::new(&self.name);
+        with_control_socket("SIOCGIFMTU", &self.name, |s| {
+            sys::ioctl_ifreq(s, sys::SIOCGIFMTU, &mut req)
+        })?;
+        Ok(req.int().max(0) as u32)
+    }
+
+    /// Brings the link up or down (`IFF_UP` with `SIOCSIFFLAGS`).
+    pub fn set_up(&self, up: bool) -> Result<(), TapError> {
+        set_link_up(&self.name, up)
+    }
+
+    /// Whether the link is administratively up.
+    pub fn is_up(&self) -> Result<bool, TapError> {
+        Ok(flags(&self.name)? & IFF_UP != 0)
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> Result<i32, TapError> {
+        ifindex(&self.name)
+    }
+
+    /// Makes the interface a port of Linux bridge `bridge` (`SIOCBRADDIF`).
+    pub fn add_to_bridge(&self, bridge: &str) -> Result<(), TapError> {
+        check_name(bridge)?;
+        let index = self.ifindex()?;
+        let mut req = sys::IfReq::new(bridge);
+        req.set_int(index);
+        with_control_socket("SIOCBRADDIF", bridge, |s| {
+            sys::ioctl_ifreq(s, sys::SIOCBRADDIF, &mut req)
+        })
+    }
+
+    /// Reads one frame, [`VirtioNetHdr`] first, into `buf`; `WouldBlock`
+    /// if none is queued. A frame longer than `buf` is truncated, so
+    /// `buf` should hold `VNET_HDR_LEN + 65535 + 14` bytes at least.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    /// Writes one frame, [`VirtioNetHdr`] first; `WouldBlock` if the
+    /// kernel cannot take it now.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        (&self.file).write(frame)
+    }
+
+    /// The fd, for `poll`: readable when a frame is queued.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Sets the MAC address of interface `name`.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<(), TapError> {
+    let mut req = sys::IfReq::new(name);
+    req.set_hwaddr(mac);
+    with_control_socket("SIOCSIFHWADDR", name, |s| {
+        sys::ioctl_ifreq(s, sys::SIOCSIFHWADDR, &mut req)
+    })
+}
+
+fn flags(name: &str) -> Result<i16, TapError> {
+    let mut req = sys::IfReq::new(name);
+    with_control_socket("SIOCGIFFLAGS", name, |s| {
+        sys::ioctl_ifreq(s, sys::SIOCGIFFLAGS, &mut req)
+    })?;
+    Ok(req.flags())
+}
+
+/// Brings interface `name` up or down.
+pub fn set_link_up(name: &str, up: bool) -> Result<(), TapError> {
+    check_name(name)?;
+    let current = flags(name)?;
+    let wanted = if up {
+        current | IFF_UP
+    } else {
+        current & !IFF_UP
+    };
+    let mut req = sys::IfReq::new(name);
+    req.set_flags(wanted);
+    with_control_socket("SIOCSIFFLAGS", name, |s| {
+        sys::ioctl_ifreq(s, sys::SIOCSIFFLAGS, &mut req)
+    })
+}
+
+/// The index of interface `name`.
+pub fn ifindex(name: &str) -> Result<i32, TapError> {
+    check_name(name)?;
+    let mut req = sys::IfReq::new(name);
+    with_control_socket("SIOCGIFINDEX", name, |s| {
+        sys::ioctl_ifreq(s, sys::SIOCGIFINDEX, &mut req)
+    })?;
+    Ok(req.int())
+}
+
+/// Creates Linux bridge `name` (`SIOCBRADDBR`), down.
+pub fn create_bridge(name: &str) -> Result<(), TapError> {
+    check_name(name)?;
+    with_control_socket("SIOCBRADDBR", name, |s| {
+        sys::ioctl_name(s, sys::SIOCBRADDBR, name)
+    })
+}
+
+/// Deletes Linux bridge `name` (`SIOCBRDELBR`), bringing it down first.
+pub fn delete_bridge(name: &str) -> Result<(), TapError> {
+    set_link_up(name, false)?;
+    with_control_socket("SIOCBRDELBR", name, |s| {
+        sys::ioctl_name(s, sys::SIOCBRDELBR, name)
+    })
+}
+
+/// The host's side of an interface: a raw `AF_PACKET` socket bound to it.
+/// What it sends leaves through the interface (a TAP's reader receives
+/// it); it receives what arrives on the interface (what a TAP's writer
+/// sent), not what it sent itself.
+#[derive(Debug)]
+pub struct PacketSocket {
+    file: File,
+    name: String,
+    vnet_hdr: bool,
+}
+
+impl PacketSocket {
+    /// Binds to interface `name`; with `vnet_hdr`, every frame sent or
+    /// received starts with a [`VirtioNetHdr`] (`PACKET_VNET_HDR`).
+    pub fn bind(name: &str, vnet_hdr: bool) -> Result<PacketSocket, TapError> {
+        let index = ifindex(name)?;
+        let fd: OwnedFd =
+            sys::packet_socket(index).map_err(|e| TapError::io("bind(AF_PACKET)", name, e))?;
+        sys::setsockopt_int(fd.as_fd(), libc::SOL_PACKET, sys::PACKET_IGNORE_OUTGOING, 1)
+            .map_err(|e| TapError::io("PACKET_IGNORE_OUTGOING", name, e))?;
+        if vnet_hdr {
+            sys::setsockopt_int(fd.as_fd(), libc::SOL_PACKET, sys::PACKET_VNET_HDR, 1)
+                .map_err(|e| TapError::io("PACKET_VNET_HDR", name, e))?;
+        }
+        Ok(PacketSocket {
+            file: File::from(fd),
+            name: name.to_owned(),
+            vnet_hdr,
+        })
+    }
+
+    /// The interface.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether frames carry a [`VirtioNetHdr`].
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Sends one frame out of the interface.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        (&self.file).write(frame)
+    }
+
+    /// Receives one frame, waiting up to `timeout`; `None` if none came.
+    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        if !sys::poll_readable(self.file.as_fd(), ms)? {
+            return Ok(None);
+        }
+        (&self.file).read(buf).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use zerocopy::{FromBytes, IntoBytes};
+
+    use super::*;
+
+    /// A unique interface name for this test process.
+    fn unique(prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{prefix}{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Creates a TAP, failing loudly (not skipping) without /dev/net/tun or
+    /// the privilege: these tests exist to exercise the real device.
+    fn new_tap(multi_queue: bool) -> Tap {
+        match Tap::create(&unique("rxt"), multi_queue) {
+            Ok(tap) => tap,
+            Err(e @ (TapError::NoTunDevice | TapError::Permission { .. })) => {
+                panic!("this test creates a real TAP device and cannot: {e}")
+            }
+            Err(e) => panic!("creating a TAP failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn names_are_checked_like_linux() {
+        assert!(check_name("vif3.0").is_ok());
+        assert!(check_name("abcdefghijklmno").is_ok());
+        for bad in ["", "abcdefghijklmnop", "a/b", "a b", "a:b", ".", ".."] {
+            assert!(
+                matches!(check_name(bad), Err(TapError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn vnet_header_layout_matches_linux() {
+        let hdr = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let bytes = hdr.as_bytes();
+        assert_eq!(bytes.len(), VNET_HDR_LEN);
+        assert_eq!(bytes[..2], [1, 0x81]);
+        assert_eq!(bytes[4..6], 1448u16.to_ne_bytes());
+        assert_eq!(VirtioNetHdr::read_from_bytes(bytes).unwrap(), hdr);
+        assert!(hdr.needs_csum() && !hdr.data_valid());
+        assert_eq!(hdr.gso_kind(), VIRTIO_NET_HDR_GSO_TCPV4);
+    }
+
+    #[test]
+    fn creates_and_configures_a_real_tap() {
+        let tap = new_tap(false);
+        let mac = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+        tap.set_mac(mac).unwrap();
+        tap.set_mtu(9000).unwrap();
+        tap.set_offload(Offload::CSUM | Offload::TSO4 | Offload::TSO6)
+            .unwrap();
+        tap.set_up(true).unwrap();
+        tap.set_carrier(false).unwrap();
+        tap.set_carrier(true).unwrap();
+
+        assert!(tap.name().starts_with("rxt"));
+        assert_eq!(tap.mac().unwrap(), mac);
+        assert_eq!(tap.mtu().unwrap(), 9000);
+        assert!(tap.is_up().unwrap());
+        assert!(tap.ifindex().unwrap() > 0);
+        let mut buf = [0u8; 128];
+        // No carrier partner wrote anything yet, and the fd never blocks.
+        let _ = tap.recv(&mut buf);
+        assert!(matches!(
+            Tap::create("bad/name", false),
+            Err(TapError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn frames_cross_between_the_tap_and_the_host_with_their_metadata() {
+        let tap = new_tap(false);
+        tap.set_offload(Offload::CSUM | Offload::TSO4 | Offload::TSO6)
+            .unwrap();
+        tap.set_up(true).unwrap();
+        let host = PacketSocket::bind(tap.name(), true).unwrap();
+        let frame = |ethertype: u16, fill: u8| {
+            let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+            f.extend_from_slice(&ethertype.to_be_bytes());
+            f.extend(std::iter::repeat(fill).take(100));
+            f
+        };
+
+        // TAP -> host: the frame arrives on the interface.
+        let mut out = VirtioNetHdr::default().as_bytes().to_vec();
+        out.extend(frame(0x88b5, 0xaa));
+        assert_eq!(tap.send(&out).unwrap(), out.len());
+        let mut buf = vec![0u8; 2048];
+        let got = loop {
+            let n = host
+                .recv(&mut buf, Duration::from_secs(5))
+                .unwrap()
+                .expect("no frame reached the host");
+            if buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == 0x88b5u16.to_be_bytes() {
+                break n;
+            }
+        };
+        assert_eq!(buf[VNET_HDR_LEN..got], frame(0x88b5, 0xaa));
+
+        // host -> TAP: the frame is queued on the TAP with a header.
+        let mut sent = VirtioNetHdr::default().as_bytes().to_vec();
+        sent.extend(frame(0x88b6, 0x55));
+        host.send(&sent).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            sys::poll_readable(tap.fd(), 100).unwrap();
+            match tap.recv(&mut buf) {
+                Ok(n) if buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == 0x88b6u16.to_be_bytes() => {
+                    assert_eq!(buf[VNET_HDR_LEN..n], frame(0x88b6, 0x55));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host's frame never reached the TAP"
+            );
+        }
+    }
+
+    #[test]
+    fn multi_queue_taps_open_more_queues_and_join_bridges() {
+        let tap = new_tap(true);
+        let second = tap.open_queue().unwrap();
+        assert_eq!(second.name(), tap.name());
+        assert!(
+            new_tap(false).open_queue().is_err(),
+            "a single-queue TAP has no second queue"
+        );
+
+        let bridge = unique("rxbr");
+        create_bridge(&bridge).unwrap();
+        let joined = tap.add_to_bridge(&bridge);
+        let master = std::fs::read_link(format!("/sys/class/net/{}/master", tap.name()));
+        delete_bridge(&bridge).unwrap();
+
+        joined.unwrap();
+        assert!(
+            master.unwrap().ends_with(&bridge),
+            "the TAP is a port of the bridge"
+        );
+    }
+}

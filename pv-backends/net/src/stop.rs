@@ -1,0 +1,81 @@
+//! A level-triggered stop request that threads can wait on with `poll`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use crate::sys;
+
+/// Asks threads to stop: once [`stop`](StopSignal::stop)ped it stays
+/// stopped, and its [`fd`](StopSignal::fd) stays readable, so it can sit
+/// in a `poll` set next to an event channel.
+#[derive(Debug)]
+pub struct StopSignal {
+    eventfd: File,
+}
+
+impl StopSignal {
+    /// A signal not yet stopped.
+    pub fn new() -> io::Result<Self> {
+        Ok(StopSignal {
+            eventfd: File::from(sys::eventfd()?),
+        })
+    }
+
+    /// A signal, living as long as the process, that SIGTERM and SIGINT
+    /// stop.
+    pub fn on_termination() -> io::Result<&'static StopSignal> {
+        let signal: &'static StopSignal = Box::leak(Box::new(StopSignal::new()?));
+        sys::signal_on_termination(signal.fd())?;
+        Ok(signal)
+    }
+
+    /// Requests a stop. Idempotent.
+    pub fn stop(&self) {
+        if let Err(e) = sys::eventfd_signal(&self.eventfd) {
+            // Writing 8 bytes to our own eventfd cannot fail but for a
+            // saturated counter, which `eventfd_signal` treats as success.
+            log::error!("cannot signal the stop eventfd: {e}");
+        }
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        matches!(
+            sys::poll_readable(&[self.fd()], Some(Duration::ZERO)).as_deref(),
+            Ok([true])
+        )
+    }
+
+    /// Waits up to `timeout` for a stop; returns whether one was requested.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        matches!(
+            sys::poll_readable(&[self.fd()], Some(timeout)).as_deref(),
+            Ok([true])
+        )
+    }
+
+    /// The fd, readable once stopped.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.eventfd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_stopped_once_stopped() {
+        let stop = StopSignal::new().unwrap();
+        assert!(!stop.is_stopped());
+        assert!(!stop.wait(Duration::from_millis(10)));
+
+        stop.stop();
+        stop.stop();
+
+        assert!(stop.is_stopped());
+        assert!(stop.is_stopped(), "checking does not consume the stop");
+    }
+}
