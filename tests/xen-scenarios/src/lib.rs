@@ -114,6 +114,44 @@ xenstore-write $fe/state 1
     Ok(())
 }
 
+/// rnetback's backend kind on the test host (`backend/rvif/...`), so that
+/// Linux's in-kernel netback, which serves `vif`, never claims its devices.
+pub const RNETBACK_KIND: &str = "rvif";
+
+/// Attaches a vif served by the project's rnetback to guest `guest`, as
+/// `xl network-attach` does: the backend directory (dom0's, readable by the
+/// guest) with the guest's `mac`, one `rnetback` process for the vif with
+/// its TAP `ifname` on dom0's bridge `bridge`, started with `args`, logging
+/// to `/var/log/xen/rnetback-DOMID-DEVID.log`, then the frontend directory
+/// with the same `mac` (netfront reads its own).
+pub fn attach_rnetback(
+    h: &mut XenHost,
+    guest: &str,
+    devid: u32,
+    mac: &str,
+    bridge: &str,
+    ifname: &str,
+    args: &str,
+) -> Result<()> {
+    let kind = RNETBACK_KIND;
+    h.run_ok(&format!(
+        r#"set -e
+d=$(xl domid {guest})
+be=/local/domain/0/backend/{kind}/$d/{devid}
+fe=/local/domain/$d/device/vif/{devid}
+ifname=$(echo {ifname} | sed "s/DOMID/$d/")
+xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1     $be/mac {mac} $be/handle {devid} $be/type vif $be/bridge {bridge}
+xenstore-chmod -r $be n0 r$d
+rnetback --kind {kind} --domid $d --devid {devid} --bridge {bridge} --ifname $ifname {args}     >/var/log/xen/rnetback-$d-{devid}.log 2>&1 &
+xenstore-write $fe ""
+xenstore-chmod $fe n$d r0
+xenstore-write $fe/backend $be $fe/backend-id 0 $fe/handle {devid} $fe/mac {mac}
+xenstore-write $fe/state 1
+"#
+    ))?;
+    Ok(())
+}
+
 /// Boots a host for a suite and records its boot time.
 pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
     let start = Instant::now();
