@@ -56,6 +56,7 @@ bench: xen-host
 	$(CARGO) bench -p rxen-bench
 	$(CARGO) bench -p xen-scenarios --bench xenstored
 	$(CARGO) bench -p xen-scenarios --bench blk
+	$(CARGO) bench -p xen-scenarios --bench net
 
 fuzz: deps
 	./scripts/fuzz.sh long

@@ -9,6 +9,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 # qemu-img/qemu-io: rblkback's qcow2 code is checked against QEMU's. The
 # test host's build installs qemu-system-x86 of the same version later.
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# rxen-tap's tests read a TAP's offload features back with ethtool -k.
+command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

@@ -81,7 +81,7 @@ tun veth dummy"
 # peer the block benchmark measures rblkback against.
 DOM0_PACKAGES="xen-utils-4.17=$XEN_UTILS_VER busybox iproute2 kmod procps psmisc
 util-linux mount e2fsprogs coreutils qemu-system-xen=$(candidate qemu-system-xen)
-iperf3=$(candidate iperf3)"
+iperf3=$(candidate iperf3) ethtool"
 
 # dom0: Debian's 6.1 kernel and a debootstrap root with Xen's tools, packed
 # as one initramfs. Only the modules in DOM0_MODULES (and their

@@ -157,6 +157,12 @@ impl Tap {
     /// [`VirtioNetHdr`] before every frame and no offload yet. With
     /// `multi_queue`, further queues come from [`Tap::open_queue`].
     pub fn create(name: &str, multi_queue: bool) -> Result<Tap, TapError> {
+        Tap::attach(name, multi_queue, true)
+    }
+
+    /// Opens a queue of TAP `name` (creating the interface if it does not
+    /// exist); `reset_offload` clears the interface's offloads.
+    fn attach(name: &str, multi_queue: bool, reset_offload: bool) -> Result<Tap, TapError> {
         check_name(name)?;
         if !Path::new(TUN_DEVICE).exists() {
             return Err(TapError::NoTunDevice);
@@ -187,7 +193,11 @@ impl Tap {
             name,
             multi_queue,
         };
-        tap.set_offload(Offload::empty())?;
+        // The offloads belong to the interface, not the queue: a queue
+        // attached to a running interface leaves them as they are.
+        if reset_offload {
+            tap.set_offload(Offload::empty())?;
+        }
         log::debug!(
             "{}: TAP queue opened{}",
             tap.name,
@@ -208,7 +218,7 @@ impl Tap {
                 ),
             });
         }
-        Tap::create(&self.name, true)
+        Tap::attach(&self.name, true, false)
     }
 
     /// The interface name.
@@ -537,6 +547,27 @@ mod tests {
             Tap::create("bad/name", false),
             Err(TapError::BadName(_))
         ));
+    }
+
+    /// `ethtool -k NAME` as `feature: on|off` lines.
+    fn features(name: &str) -> String {
+        let out = std::process::Command::new("ethtool").args(["-k", name]).output().expect("ethtool runs (install-deps installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn offloads_belong_to_the_interface_and_survive_another_queue() {
+        let tap = new_tap(true);
+        tap.set_offload(Offload::CSUM | Offload::TSO4 | Offload::TSO6).unwrap();
+
+        let second = tap.open_queue().unwrap();
+
+        let f = features(tap.name());
+        assert!(f.contains("tcp-segmentation-offload: on"), "{f}");
+        assert!(f.contains("tx-checksumming: on"), "{f}");
+        second.set_offload(Offload::empty()).unwrap();
+        let f = features(tap.name());
+        assert!(f.contains("tcp-segmentation-offload: off"), "{f}");
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! `make bench` on the Xen test host: one 6.12 PV guest (2 vCPUs, Linux's
+//! netfront) with two vifs, one served by Linux's in-kernel netback (on
+//! dom0's bridge xenbr0, dom0 192.168.200.1) and one by rnetback (a TAP on
+//! a second bridge, xenbr1, dom0 192.168.201.1). The guest runs the same
+//! `iperf3` TCP tests against dom0's `iperf3 -s` over each, in alternating
+//! order over the rounds: guest to dom0 and dom0 to guest (`-R`). Prints
+//! the median of the rounds (Mbit/s, as the receiver counted) and the
+//! ratios rnetback / netback (goal >= 1.0 both ways).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use xen_harness::cpio::Archive;
+use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
+use xen_scenarios::{attach_rnetback, boot, init_logging, Figures};
+
+const ROUNDS: usize = 3;
+const NETBACK_MAC: &str = "00:16:3e:52:01:01";
+const RNETBACK_MAC: &str = "00:16:3e:52:01:02";
+/// (direction, iperf3 flag).
+const DIRECTIONS: [(&str, &str); 2] = [("guest-to-dom0", ""), ("dom0-to-guest", "-R")];
+
+fn guest_script(seconds: u32) -> String {
+    format!(
+        r#"#!/bin/sh
+ifname() {{ # MAC: the interface that has it, after up to 60 s
+    i=0; while [ $i -lt 600 ]; do
+        for n in /sys/class/net/*; do [ "$(cat $n/address)" = "$1" ] && {{ echo ${{n##*/}}; return; }}; done
+        sleep 0.1; i=$((i + 1))
+    done
+}}
+k=$(ifname {NETBACK_MAC}); r=$(ifname {RNETBACK_MAC})
+[ -n "$k" ] && [ -n "$r" ] || echo "RXEN-IPERF missing netback=$k rnetback=$r"
+ip link set lo up
+ip addr add 192.168.200.50/24 dev $k; ip link set $k up
+ip addr add 192.168.201.50/24 dev $r; ip link set $r up
+sleep 2
+for round in $(seq {ROUNDS}); do
+    case $round in 2) order='netback rnetback' ;; *) order='rnetback netback' ;; esac
+    for b in $order; do
+        case $b in netback) ip=192.168.200.1 ;; *) ip=192.168.201.1 ;; esac
+        for d in {dirs}; do
+            case $d in dom0-to-guest) flag=-R ;; *) flag= ;; esac
+            mbps=$(iperf3 -c $ip -t {seconds} -f m $flag 2>/tmp/iperf.err | awk '/receiver/ {{print $7}}')
+            echo "RXEN-IPERF backend=$b round=$round dir=$d mbps=${{mbps:-failed}}"
+            [ -n "$mbps" ] || tail -2 /tmp/iperf.err
+        done
+    done
+done
+echo "RXEN-IPERF done"
+"#,
+        dirs = DIRECTIONS.iter().map(|(d, _)| *d).collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn main() {
+    init_logging();
+    let seconds: u32 = std::env::var("RXEN_NET_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut figures = Figures::default();
+    let config = HostConfig::new("bench-net")
+        .expect("the Xen test host is built (make xen-host)")
+        .with_project_binary("rnetback")
+        .expect("project binaries are built (cargo build --release --workspace --bins)");
+    let mut host = boot(config, &mut figures).expect("the Xen test host boots");
+    let result = run(&mut host, seconds);
+    if result.is_err() {
+        if let Ok(out) = host.run("tail -n 20 /var/log/xen/rnetback-*.log 2>/dev/null") {
+            eprintln!("{}", out.stdout);
+        }
+    }
+    let _ = host.shutdown();
+    let rows = result.expect("the network benchmark ran");
+    print_table(&rows, seconds);
+    println!("\nhost figures:\n{}", figures.table());
+}
+
+/// rows[direction][backend] = per-round Mbit/s.
+type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
+    h.run_ok(
+        "set -e; ip link show xenbr1 >/dev/null 2>&1 || ip link add xenbr1 type bridge\n\
+         ip addr add 192.168.201.1/24 dev xenbr1 2>/dev/null || true; ip link set xenbr1 up\n\
+         iperf3 -s -D >/dev/null 2>&1 </dev/null\n",
+    )?;
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/40-iperf", 0o755, guest_script(seconds).as_bytes());
+    let initrd = h.guest_initrd_with("bench-net", overlay)?;
+    let mut guest = GuestConfig::new("bench-net", GuestKind::Pv, GuestKernel::Linux612).with_ramdisk(&initrd).hold();
+    guest.vifs.push(format!("bridge=xenbr0,mac={NETBACK_MAC}"));
+    guest.memory_mib = 512;
+    guest.vcpus = 2;
+    let g = h.xl_create(&guest)?;
+    attach_rnetback(h, &g.name, 1, RNETBACK_MAC, "xenbr1", "rvifDOMID.1", "")?;
+    let budget = Duration::from_secs(u64::from(seconds + 4) * 4 * ROUNDS as u64 + 600);
+    h.wait_guest_line(&g, "RXEN-IPERF done", budget)?;
+    let console = h.guest_console(&g.name)?;
+    // Frames and bytes through each vif's dom0 end (the average frame
+    // size shows whether GSO frames crossed).
+    if let Ok(out) = h.run_ok(&format!(
+        "d=$(xl domid {name}); ip -s link show dev rvif$d.1; ip -s link show dev vif$d.0\n\
+         for i in rvif$d.1 xenbr1 vif$d.0; do echo $i; ethtool -k $i | grep -E 'tcp-segm|tx-checksumming|scatter'; done\n",
+        name = g.name
+    )) {
+        println!("{out}");
+    }
+    let _ = h.xl_destroy(&g.name);
+
+    let mut rows = Rows::new();
+    for line in console.lines().filter_map(|l| l.split_once("RXEN-IPERF ").map(|(_, r)| r)) {
+        println!("  {line}");
+        let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+        let (Some(backend), Some(dir), Some(mbps)) = (kv.get("backend"), kv.get("dir"), kv.get("mbps")) else {
+            continue;
+        };
+        let Ok(mbps) = mbps.parse::<f64>() else {
+            continue;
+        };
+        rows.entry((*dir).to_owned()).or_default().entry((*backend).to_owned()).or_default().push(mbps);
+    }
+    Ok(rows)
+}
+
+fn print_table(rows: &Rows, seconds: u32) {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "\nnetwork backends, same 6.12 PV guest (2 vCPUs), iperf3 TCP to/from dom0 ({seconds} s each, median of {ROUNDS} rounds):"
+    );
+    println!("  {:<16} {:>10} {:>10} {:>8}", "Mbit/s", "rnetback", "netback", "r/n");
+    let mut met = true;
+    for (dir, _) in DIRECTIONS {
+        let get = |b: &str| rows.get(dir).and_then(|r| r.get(b)).map_or(0.0, |v| median(v));
+        let (r, k) = (get("rnetback"), get("netback"));
+        met &= r >= k && r > 0.0;
+        println!("  {dir:<16} {r:>10.1} {k:>10.1} {:>7.2}x", r / k);
+    }
+    println!("goal (>= 1.0x netback both ways): {}", if met { "met" } else { "NOT met" });
+}
