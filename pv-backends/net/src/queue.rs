@@ -275,7 +275,8 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             self.rx_port,
             io.tap.name()
         );
-        let mut tx_buf = Vec::with_capacity(MAX_FRAME);
+        // Zeroed once: each packet's copies overwrite the bytes it uses.
+        let mut tx_buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
         let mut rx_buf = vec![0u8; MAX_FRAME];
         let mut pending: Option<(usize, RxPlan)> = None;
         loop {
@@ -303,10 +304,11 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                 let responses = match verdict {
                     TxVerdict::Packet(packet) => {
                         let status =
-                            tx::copy_packet(&*io.grants, io.frontend, &packet, &mut tx_buf)
+                            tx::copy_packet_into(&*io.grants, io.frontend, &packet, &mut tx_buf)
                                 .map_err(|source| QueueError::Copy { queue, source })?;
                         if status.iter().all(Result::is_ok) {
-                            send_to_tap(queue, &io, &packet.offload, &mut tx_buf);
+                            let len = VNET_HDR_LEN + packet.len();
+                            send_to_tap(queue, &io, &packet.offload, &mut tx_buf[..len]);
                         } else {
                             log::debug!(
                                 "queue {queue}: tx: a grant of packet {} could not be copied",
@@ -353,6 +355,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             }
             if responded && push_and_check_notify(&mut tx) {
                 self.evtchn.notify(self.tx_port).map_err(evtchn_error)?;
+                Stats::add(&io.stats.notifies, 1);
             }
 
             // Receive: frames from the TAP while requests are posted.
@@ -394,6 +397,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             }
             if responded && push_and_check_notify(&mut rx) {
                 self.evtchn.notify(self.rx_port).map_err(evtchn_error)?;
+                Stats::add(&io.stats.notifies, 1);
             }
             if busy {
                 continue;
@@ -416,6 +420,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                 fds.push(io.tap.fd());
             }
             let timeout = (pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL);
+            Stats::add(&io.stats.sleeps, 1);
             let ready = sys::poll_readable(&fds, timeout)
                 .map_err(|source| QueueError::Wait { queue, source })?;
             if ready.get(1).copied().unwrap_or(false) {

@@ -23,6 +23,10 @@ pub struct Stats {
     pub rx_dropped: AtomicU64,
     /// Times the frontend was found malicious and the interface disabled.
     pub fatal_errors: AtomicU64,
+    /// Times a queue went to sleep (nothing to do on either ring).
+    pub sleeps: AtomicU64,
+    /// Events sent to the frontend.
+    pub notifies: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -44,6 +48,10 @@ pub struct StatsSnapshot {
     pub rx_dropped: u64,
     /// Interface disabled for a malicious frontend.
     pub fatal_errors: u64,
+    /// Queue sleeps.
+    pub sleeps: u64,
+    /// Events sent.
+    pub notifies: u64,
 }
 
 impl Stats {
@@ -64,6 +72,8 @@ impl Stats {
             rx_bytes: get(&self.rx_bytes),
             rx_dropped: get(&self.rx_dropped),
             fatal_errors: get(&self.fatal_errors),
+            sleeps: get(&self.sleeps),
+            notifies: get(&self.notifies),
         }
     }
 }

@@ -34,6 +34,7 @@ use hypercall_abi::xen::netif::{
     NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
     XEN_NETIF_EXTRA_TYPE_MAX,
 };
+use hypercall_abi::xen::grant_table::GNTST_GENERAL_ERROR;
 use hypercall_abi::xen::{DomId, PAGE_SIZE};
 use rxen_tap::VNET_HDR_LEN;
 use zerocopy::IntoBytes;
@@ -357,6 +358,22 @@ pub fn copy_packet<G: GrantMap>(
 ) -> Result<Vec<Result<(), i16>>, GrantError> {
     buf.clear();
     buf.resize(VNET_HDR_LEN + packet.len(), 0);
+    copy_packet_into(grants, domid, packet, buf)
+}
+
+/// [`copy_packet`] into the first `VNET_HDR_LEN + packet.len()` bytes of
+/// `buf`, a buffer kept across packets (no clearing of it per packet: the
+/// copies overwrite every byte the packet uses). A `buf` too short fails
+/// every slot with `GNTST_general_error`.
+pub fn copy_packet_into<G: GrantMap>(
+    grants: &G,
+    domid: DomId,
+    packet: &TxPacket,
+    buf: &mut [u8],
+) -> Result<Vec<Result<(), i16>>, GrantError> {
+    let Some(buf) = buf.get_mut(..VNET_HDR_LEN + packet.len()) else {
+        return Ok(vec![Err(GNTST_GENERAL_ERROR); 1 + packet.frags.len()]);
+    };
     let mut rest = &mut buf[VNET_HDR_LEN..];
     let mut ops = Vec::with_capacity(1 + packet.frags.len());
     let mut op_slot = Vec::with_capacity(ops.capacity());

@@ -366,7 +366,7 @@ impl<P: Platform> Backend<P> {
         }
         let s = self.stats.snapshot();
         log::info!(
-            "{}: stopped; tx {} packets ({} bytes, {} errors, {} dropped), rx {} packets ({} bytes, {} dropped), {} fatal",
+            "{}: stopped; tx {} packets ({} bytes, {} errors, {} dropped), rx {} packets ({} bytes, {} dropped), {} fatal, {} sleeps, {} events sent",
             self.be_path,
             s.tx_packets,
             s.tx_bytes,
@@ -375,7 +375,9 @@ impl<P: Platform> Backend<P> {
             s.rx_packets,
             s.rx_bytes,
             s.rx_dropped,
-            s.fatal_errors
+            s.fatal_errors,
+            s.sleeps,
+            s.notifies
         );
         result.and(closed)
     }

@@ -107,6 +107,9 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
         println!("{out}");
     }
     let _ = h.xl_destroy(&g.name);
+    if let Ok(out) = h.run_ok("sleep 1; grep stopped /var/log/xen/rnetback-*.log\n") {
+        println!("{out}");
+    }
 
     let mut rows = Rows::new();
     for line in console.lines().filter_map(|l| l.split_once("RXEN-IPERF ").map(|(_, r)| r)) {
