@@ -280,19 +280,47 @@ impl GrantMap for LoopbackGrantMap {
     fn copy(&self, ops: &mut [GrantCopyOp<'_>]) -> Result<(), GrantError> {
         // Map each page a segment names once, read-only for sources and
         // writable for destinations, so that the hypervisor's checks apply
-        // to copies as to maps; then copy through the mappings.
-        let mut maps: HashMap<(DomId, GrantRef, bool), Result<LoopbackMappedGrants, i16>> =
-            HashMap::new();
+        // to copies as to maps; then copy through the mappings. The pages
+        // of one domain and direction are mapped in one request (one round
+        // trip to the hypervisor); if that fails, page by page, so that
+        // each segment gets its own status.
+        let mut groups: HashMap<(DomId, bool), Vec<GrantRef>> = HashMap::new();
         for op in ops.iter() {
             for (ptr, write) in [(&op.source, false), (&op.dest, true)] {
                 if let GrantCopyPtr::Grant { domid, gref, .. } = ptr {
-                    maps.entry((*domid, *gref, write)).or_insert_with(|| {
-                        self.map(*domid, &[*gref], write).map_err(|e| match e {
-                            GrantError::NotGranted { .. } => GNTST_BAD_GNTREF,
-                            GrantError::ReadOnly { .. } => GNTST_PERMISSION_DENIED,
-                            _ => GNTST_GENERAL_ERROR,
-                        })
-                    });
+                    let refs = groups.entry((*domid, write)).or_default();
+                    if !refs.contains(gref) {
+                        refs.push(*gref);
+                    }
+                }
+            }
+        }
+        let status = |e: GrantError| match e {
+            GrantError::NotGranted { .. } => GNTST_BAD_GNTREF,
+            GrantError::ReadOnly { .. } => GNTST_PERMISSION_DENIED,
+            _ => GNTST_GENERAL_ERROR,
+        };
+        let mut maps = CopyMaps::default();
+        let chunks = groups
+            .into_iter()
+            .flat_map(|(key, refs)| refs.chunks(MAX_REFS).map(|c| (key, c.to_vec())).collect::<Vec<_>>());
+        for ((domid, write), refs) in chunks {
+            match self.map(domid, &refs, write) {
+                Ok(mapped) => {
+                    let batch = maps.batches.len();
+                    maps.batches.push(mapped);
+                    for (i, gref) in refs.iter().enumerate() {
+                        maps.pages.insert((domid, *gref, write), Ok((batch, i)));
+                    }
+                }
+                Err(_) => {
+                    for gref in refs {
+                        let page = self.map(domid, &[gref], write).map(|mapped| {
+                            maps.batches.push(mapped);
+                            (maps.batches.len() - 1, 0)
+                        });
+                        maps.pages.insert((domid, gref, write), page.map_err(status));
+                    }
                 }
             }
         }
@@ -304,9 +332,37 @@ impl GrantMap for LoopbackGrantMap {
     }
 }
 
+/// A page a grant copy names: its domain, reference, and whether it is
+/// written.
+type PageKey = (DomId, GrantRef, bool);
+
+/// The pages a grant copy maps: batches of mapped pages, and where each
+/// (domain, reference, writable) page is among them (or why it is not).
+#[derive(Default)]
+struct CopyMaps {
+    batches: Vec<LoopbackMappedGrants>,
+    pages: HashMap<PageKey, Result<(usize, usize), i16>>,
+}
+
+impl CopyMaps {
+    fn page(&self, domid: DomId, gref: GrantRef, write: bool) -> Result<SharedMemory<'_>, i16> {
+        let (batch, index) = match self.pages.get(&(domid, gref, write)) {
+            Some(Ok(at)) => *at,
+            Some(Err(st)) => return Err(*st),
+            None => return Err(GNTST_GENERAL_ERROR),
+        };
+        self.batches
+            .get(batch)
+            .ok_or(GNTST_GENERAL_ERROR)?
+            .memory()
+            .subregion(index * PAGE_SIZE, PAGE_SIZE)
+            .map_err(|_| GNTST_GENERAL_ERROR)
+    }
+}
+
 /// Performs one copy segment through the mappings in `maps`.
 fn copy_one(
-    maps: &HashMap<(DomId, GrantRef, bool), Result<LoopbackMappedGrants, i16>>,
+    maps: &CopyMaps,
     source: &GrantCopyPtr<'_>,
     dest: &mut GrantCopyPtr<'_>,
     len: u16,
@@ -317,11 +373,7 @@ fn copy_one(
     if len > PAGE_SIZE {
         return Err(GNTST_BAD_COPY_ARG);
     }
-    let page = |domid: DomId, gref: GrantRef, write: bool| match maps.get(&(domid, gref, write)) {
-        Some(Ok(m)) => Ok(m.memory()),
-        Some(Err(st)) => Err(*st),
-        None => Err(GNTST_GENERAL_ERROR),
-    };
+    let page = |domid: DomId, gref: GrantRef, write: bool| maps.page(domid, gref, write);
     let in_page = |offset: u16| usize::from(offset) + len <= PAGE_SIZE;
     match source {
         GrantCopyPtr::Grant {
