@@ -45,9 +45,11 @@ const QUEUES_ENV: &str = "RXEN_BLK_BENCH_QUEUES";
 /// Busy-polling of both ends, in microseconds (`poll_us` of rblkback and
 /// rblkfront); 0 makes both sleep on their event channels at once.
 const POLL_ENV: &str = "RXEN_BLK_BENCH_POLL_US";
-/// Default for [`POLL_ENV`]: polling, since the loopback figures measure
-/// the data path at native speed on a host with a CPU for each end.
-const DEFAULT_POLL_US: u64 = 50;
+/// Default for [`POLL_ENV`]: sleeping. With two queues on a 2-CPU host,
+/// three polling threads (the frontend and one per queue) and the baseline
+/// compete for the CPUs, and polling loses; with one queue
+/// (`RXEN_BLK_BENCH_QUEUES=1`) 50 us of polling doubles depth-1 figures.
+const DEFAULT_POLL_US: u64 = 0;
 /// How long each measurement runs.
 const PHASE_TIME: Duration = Duration::from_millis(1500);
 /// How many times the rows run, interleaved.
@@ -431,6 +433,13 @@ fn backend() -> Result<(), Error> {
             read_only: false,
             sector_size: None,
             direct: false,
+            // RXEN_BLK_BENCH_IO=uring|sync (default: rblkback's choice,
+            // sync for a tmpfs file).
+            batched_io: match std::env::var("RXEN_BLK_BENCH_IO").as_deref() {
+                Ok("uring") => Some(true),
+                Ok("sync") => Some(false),
+                _ => None,
+            },
         },
     )?;
     let stop = Arc::new(StopSignal::new()?);

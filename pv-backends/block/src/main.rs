@@ -30,6 +30,17 @@ Examples:
 
 Exit codes: 0 stopped or device removed; 1 error.";
 
+/// How I/O reaches the kernel (--io).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IoArg {
+    /// uring for block devices and --direct files, sync otherwise.
+    Auto,
+    /// Each ring batch's reads and writes in one io_uring submission.
+    Uring,
+    /// One preadv/pwritev per request.
+    Sync,
+}
+
 /// The image format (--format).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FormatArg {
@@ -89,6 +100,13 @@ struct Cli {
     /// images only).
     #[arg(long)]
     direct: bool,
+    /// How a raw image's reads and writes reach the kernel: each ring
+    /// batch in one io_uring submission (uring), one preadv/pwritev per
+    /// request (sync), or auto: uring for block devices and --direct
+    /// files, sync for buffered files (a cached read is a copy; on tmpfs
+    /// io_uring would hand each one to a worker thread).
+    #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+    io: IoArg,
     /// Most queues (rings) offered: multi-queue-max-queues.
     #[arg(long)]
     max_queues: Option<u32>,
@@ -150,7 +168,16 @@ fn run(cli: Cli) -> Result<(), MainError> {
     let disk = Arc::new(rblkback::open_image(
         &cli.path,
         format,
-        RawDiskOptions { read_only: cli.read_only, direct: cli.direct, sector_size: cli.sector_size },
+        RawDiskOptions {
+            read_only: cli.read_only,
+            direct: cli.direct,
+            sector_size: cli.sector_size,
+            batched_io: match cli.io {
+                IoArg::Auto => None,
+                IoArg::Uring => Some(true),
+                IoArg::Sync => Some(false),
+            },
+        },
     )?);
     let mut cfg = BackendConfig::new(cli.backend_domid, cli.domid, cli.devid);
     cfg.kind = cli.kind;

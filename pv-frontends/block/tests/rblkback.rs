@@ -83,7 +83,12 @@ impl Rig {
             std::thread::spawn(move || {
                 let disk = RawDisk::open(
                     &path,
-                    RawDiskOptions { read_only: spec.read_only, sector_size: Some(spec.sector_size), direct: false },
+                    RawDiskOptions {
+                        read_only: spec.read_only,
+                        sector_size: Some(spec.sector_size),
+                        direct: false,
+                        batched_io: None,
+                    },
                 )
                 .unwrap();
                 let mut backend = Backend::new(LoopbackPlatform::from_domain(d0), Arc::new(disk), cfg)?;
