@@ -8,7 +8,9 @@
 //!   a 16 MiB file of random data over TCP from dom0 (dom0 to guest: the
 //!   receive path) and from the other guest (guest to guest through the
 //!   bridge), and serves its own file, which dom0 fetches (guest to dom0:
-//!   the transmit path). Every transfer is checked by SHA-256.
+//!   the transmit path). Every transfer is checked by SHA-256. The 6.12
+//!   guest then unbinds netfront from its vif and binds it again: a clean
+//!   disconnect and a new connection, which must carry traffic.
 //! - A 6.12 PV guest whose vif Linux's netback serves (`xl create` with a
 //!   `vif=` line, the kernel's netfront not loaded) runs rnetfront, which
 //!   makes the vif a TAP in the guest; the same pings and transfers with
@@ -59,7 +61,18 @@ if [ -n "${rxen_peer:-}" ]; then
     ping -c 3 -W 5 $rxen_peer >/tmp/pingp 2>&1 && pp=ok || { pp=fail; cat /tmp/pingp; }
     frompeer=$(fetch http://$rxen_peer:8080/blob)
 fi
-echo "RXEN-NET done ping0=$p0 from0=$from0 pingpeer=$pp frompeer=$frompeer"
+rc=none
+if [ "${rxen_reconnect:-0}" = 1 ]; then
+    # Unbind netfront from the vif (it closes the connection with the
+    # backend), bind it again (a new connection), and use it.
+    echo vif-0 >/sys/bus/xen/drivers/vif/unbind; sleep 1
+    echo vif-0 >/sys/bus/xen/drivers/vif/bind
+    i=0; while [ ! -e /sys/class/net/$rxen_if ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    ip addr add $rxen_me/24 dev $rxen_if; ip link set $rxen_if up
+    ping -c 3 -W 5 192.168.200.1 >/tmp/ping1 2>&1 && rc=ok || { rc=fail; cat /tmp/ping1; }
+    [ "$(fetch http://192.168.200.1:8080/blob)" = "$from0" ] || rc=fail
+fi
+echo "RXEN-NET done ping0=$p0 from0=$from0 pingpeer=$pp frompeer=$frompeer reconnect=$rc"
 "#;
 
 /// A guest of the first check: waits for `eth0` (Linux's netfront over
@@ -147,9 +160,11 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Act
     let mut created = Vec::new();
     for (name, kernel, me, peer, mac) in guests {
+        // The 6.12 guest also disconnects and reconnects its vif.
+        let reconnect = u8::from(kernel == GuestKernel::Linux612);
         let config = GuestConfig::new(name, GuestKind::Pv, kernel)
             .with_ramdisk(&initrd)
-            .with_cmdline(&format!("rxen_me={me} rxen_peer={peer}"))
+            .with_cmdline(&format!("rxen_me={me} rxen_peer={peer} rxen_reconnect={reconnect}"))
             .hold();
         let g = h.xl_create(&config)?;
         attach_rnetback(h, name, 0, mac, "xenbr0", "rvifDOMID.0", "")?;
@@ -176,7 +191,8 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     let nodes = h.run_ok(
         "for n in net-pv-61 net-pv-612; do d=$(xl domid $n); \
          echo $(xenstore-read /local/domain/0/backend/rvif/$d/0/state /local/domain/$d/device/vif/0/state); \
-         ip -o link show rvif$d.0 | grep -o 'master [a-z0-9]*'; done\n",
+         ip -o link show rvif$d.0 | grep -o 'master [a-z0-9]*'; \
+         echo connects=$(grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log); done\n",
     )?;
     for g in &created {
         h.xl_destroy(&g.name)?;
@@ -194,6 +210,12 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
             format!("{} fetched dom0's file as {}, dom0 has {dom0_blob}", g.name, field(&line.line, "from0")),
         )?;
         ensure(field(&line.line, "pingpeer") == "ok", format!("{} cannot ping the other guest: {}", g.name, line.line))?;
+        if g.name == "net-pv-612" {
+            ensure(
+                field(&line.line, "reconnect") == "ok",
+                format!("{}: after netfront disconnected and reconnected: {}", g.name, line.line),
+            )?;
+        }
     }
     let sums: Vec<&str> = blobs.iter().map(|b| field(&b.line, "sha256")).collect();
     for (i, g) in created.iter().enumerate() {
@@ -210,6 +232,11 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ensure(
         nodes.lines().filter(|l| l.trim() == "4 4").count() == 2 && nodes.matches("master xenbr0").count() == 2,
         format!("both vifs Connected with their TAPs on xenbr0: {nodes:?}"),
+    )?;
+    // The 6.1 guest connected once; the 6.12 guest twice (the reconnect).
+    ensure(
+        nodes.lines().filter(|l| l.starts_with("connects=")).collect::<Vec<_>>() == ["connects=1", "connects=2"],
+        format!("rnetback's connections per guest (6.1: 1, 6.12: 2 with the reconnect): {nodes:?}"),
     )?;
     Ok(())
 }
