@@ -34,8 +34,7 @@ use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef};
 
 use crate::device::BlockDevice;
 use crate::disk::Disk;
-use crate::stop::StopSignal;
-use crate::sys;
+use pv_backend_common::StopSignal;
 
 /// How long a queue sleeps after its event channel woke it with nothing
 /// pending.
@@ -223,7 +222,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             if ring.final_check_for_requests().map_err(ring_error)? {
                 continue;
             }
-            let [event, stopped] = sys::poll_readable([self.evtchn.fd(), stop.fd()], None)
+            let [event, stopped] = pv_backend_common::poll_readable([self.evtchn.fd(), stop.fd()], None)
                 .map_err(|source| QueueError::Wait { queue, source })?;
             if stopped {
                 return Ok(());

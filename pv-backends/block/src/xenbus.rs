@@ -60,7 +60,7 @@ use crate::platform::{Platform, PlatformError};
 use crate::queue::{self, Queue, QueueError};
 use crate::request::Limits;
 use crate::stats::Stats;
-use crate::stop::StopSignal;
+use pv_backend_common::StopSignal;
 
 /// `XEN_IO_PROTO_ABI_X86_64`, the only ring layout served.
 pub const PROTOCOL_X86_64: &str = XEN_IO_PROTO_ABI_X86_64;

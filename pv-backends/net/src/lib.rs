@@ -36,12 +36,10 @@ pub mod platform;
 pub mod queue;
 pub mod rx;
 pub mod stats;
-mod stop;
-mod sys;
 pub mod tx;
 pub mod xenbus;
 
 pub use platform::{LoopbackPlatform, Platform, PlatformError, XenPlatform};
 pub use stats::{Stats, StatsSnapshot};
-pub use stop::StopSignal;
+pub use pv_backend_common::StopSignal;
 pub use xenbus::{Backend, BackendConfig, BackendError, XenbusState};

@@ -35,8 +35,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::offload::{tx_vnet_hdr, RxFeatures};
 use crate::rx::{self, RxError, RxPlan, RxRing};
 use crate::stats::Stats;
-use crate::stop::StopSignal;
-use crate::sys;
+use pv_backend_common::StopSignal;
 use crate::tx::{self, TxRing, TxVerdict};
 
 /// How long a queue sleeps after its event channel woke it with nothing
@@ -421,7 +420,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             }
             let timeout = (pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL);
             Stats::add(&io.stats.sleeps, 1);
-            let ready = sys::poll_readable(&fds, timeout)
+            let ready = pv_backend_common::poll_readable_slice(&fds, timeout)
                 .map_err(|source| QueueError::Wait { queue, source })?;
             if ready.get(1).copied().unwrap_or(false) {
                 return Ok(());

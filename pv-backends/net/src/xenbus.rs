@@ -49,7 +49,7 @@ use crate::offload::RxFeatures;
 use crate::platform::{Platform, PlatformError};
 use crate::queue::{self, Queue, QueueError, QueueIo, QueueRings};
 use crate::stats::Stats;
-use crate::stop::StopSignal;
+use pv_backend_common::StopSignal;
 
 /// Largest number of queues offered (netback's default is the number of
 /// CPUs; this bound is arbitrary but generous).

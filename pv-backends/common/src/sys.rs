@@ -1,6 +1,6 @@
-//! The crate's system calls that have no safe wrapper in `std`:
-//! `eventfd`, `poll` and the stop signal handler. Every `unsafe` of the
-//! backend is here (the TAP's are in `rxen-tap`).
+//! The system calls that have no safe wrapper in `std`: `eventfd`,
+//! `poll` and the stop signal handler. Every `unsafe` of the crate is
+//! here.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -32,7 +32,18 @@ pub(crate) fn eventfd_signal(file: &File) -> io::Result<()> {
 
 /// Waits until one of `fds` is readable or `timeout` passes (`None`:
 /// forever). Returns, for each fd, whether it is readable (or hung up).
-pub(crate) fn poll_readable(
+pub fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N], timeout: Option<Duration>) -> io::Result<[bool; N]> {
+    let ready = poll_readable_slice(&fds, timeout)?;
+    let mut out = [false; N];
+    for (o, r) in out.iter_mut().zip(ready) {
+        *o = r;
+    }
+    Ok(out)
+}
+
+/// [`poll_readable`] for a set of fds whose size is known only at run
+/// time.
+pub fn poll_readable_slice(
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<bool>> {

@@ -18,7 +18,9 @@ pub struct StopSignal {
 impl StopSignal {
     /// A signal not yet stopped.
     pub fn new() -> io::Result<Self> {
-        Ok(StopSignal { eventfd: File::from(sys::eventfd()?) })
+        Ok(StopSignal {
+            eventfd: File::from(sys::eventfd()?),
+        })
     }
 
     /// A signal, living as long as the process, that SIGTERM and SIGINT
