@@ -40,7 +40,7 @@ pub mod disk;
 pub mod grants;
 pub mod image;
 pub mod memgrant;
-pub mod platform;
+pub use pv_backend_common::platform;
 pub mod qcow2;
 pub mod queue;
 pub mod request;

@@ -32,7 +32,7 @@
 
 pub mod memgrant;
 pub mod offload;
-pub mod platform;
+pub use pv_backend_common::platform;
 pub mod queue;
 pub mod rx;
 pub mod stats;

@@ -1,4 +1,4 @@
-//! The platforms rblkback runs on: real Xen through Linux's `/dev/xen`
+//! The platforms the backends run on: real Xen through Linux's `/dev/xen`
 //! devices, or the loopback hypervisor. The backend is generic over
 //! [`Platform`]; `main` picks one.
 
