@@ -13,7 +13,7 @@
 //! indirect request), spread over the queues, and as many as the rings hold
 //! are in flight at once. Data is copied into granted pages before a write
 //! and out of them after a read, through
-//! [`SharedMemory`](hypercall_abi::platform::SharedMemory) only. With
+//! [`SharedMemory`] only. With
 //! persistent grants each ring slot keeps its pages granted; without, each
 //! request grants pages (read-only for writes) and ends access when it
 //! completes, and a backend that still maps them then is caught, as

@@ -52,7 +52,7 @@ pub mod check;
 pub mod device;
 mod error;
 pub mod nbd;
-pub mod platform;
+pub use pv_frontend_common::platform;
 pub mod protocol;
 pub mod queue;
 pub mod shadow;

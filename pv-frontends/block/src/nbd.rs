@@ -1,7 +1,7 @@
 //! `rblkfront nbd`: the disk as a Linux NBD device.
 //!
 //! The kernel's NBD driver is handed one end of a socket pair
-//! ([`crate::sys::nbd`]) and sends requests on it in the NBD transmission
+//! ([`crate::sys::NbdDevice`]) and sends requests on it in the NBD transmission
 //! protocol (`Documentation/blockdev/nbd.rst`, the NBD protocol's
 //! "transmission phase"; the kernel skips the handshake). [`serve`]
 //! answers them on the other end from a [`BlockFrontend`].

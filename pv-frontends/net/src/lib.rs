@@ -60,7 +60,7 @@ pub mod check;
 pub mod device;
 mod error;
 pub mod offload;
-pub mod platform;
+pub use pv_frontend_common::platform;
 pub mod protocol;
 pub mod queue;
 pub mod rx;

@@ -1,6 +1,6 @@
-//! The platforms rblkfront runs on: a Linux guest of Xen, or a domain of
-//! the loopback hypervisor. [`BlockFrontend`](crate::BlockFrontend) is
-//! generic over the handles; `main` picks a platform.
+//! The platforms the frontends run on: a Linux guest of Xen, or a domain
+//! of the loopback hypervisor. The frontends are generic over the handles
+//! these give; their programs pick a platform.
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
