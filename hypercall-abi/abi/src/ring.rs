@@ -178,6 +178,16 @@ pub enum RingError {
     },
     /// The front ring has no free slot for another request.
     Full,
+    /// The back end tried to put back requests it had already answered
+    /// (or never consumed).
+    RewindPastResponses {
+        /// The index asked for.
+        to: u32,
+        /// The back end's `rsp_prod_pvt`.
+        rsp_prod_pvt: u32,
+        /// The back end's `req_cons`.
+        req_cons: u32,
+    },
     /// The back end tried to respond with no consumed request left
     /// unanswered.
     NoRequestToAnswer,
@@ -227,6 +237,15 @@ impl fmt::Display for RingError {
                 "backend set rsp_prod to {rsp_prod} with rsp_cons {rsp_cons} and only \
                  requests up to {req_prod} pushed: more responses than requests; the ring \
                  is broken, disconnect the backend"
+            ),
+            RingError::RewindPastResponses {
+                to,
+                rsp_prod_pvt,
+                req_cons,
+            } => write!(
+                f,
+                "cannot put requests back to index {to}: only {rsp_prod_pvt}..{req_cons} \
+                 are consumed and unanswered"
             ),
             RingError::Full => write!(
                 f,
@@ -682,6 +701,23 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> BackRing<'a, Req, Rsp> {
         let req = read_slot(&self.mem, slot_offset(self.req_cons, self.size, self.slot))?;
         self.req_cons += 1;
         Ok(Some(req))
+    }
+
+    /// Puts back the requests consumed since index `to` (`req_cons = to`),
+    /// e.g. a packet whose slots are not all published yet, to be taken
+    /// again (copied afresh) on a later round. `to` must lie between
+    /// `rsp_prod_pvt` and `req_cons`: answered requests cannot come back.
+    pub fn unconsume_requests(&mut self, to: RingIdx) -> Result<(), RingError> {
+        self.check()?;
+        if (self.req_cons - to).0 > self.requests_in_flight() {
+            return Err(RingError::RewindPastResponses {
+                to: to.0,
+                rsp_prod_pvt: self.rsp_prod_pvt.0,
+                req_cons: self.req_cons.0,
+            });
+        }
+        self.req_cons = to;
+        Ok(())
     }
 
     /// Writes `rsp` into the private producer slot

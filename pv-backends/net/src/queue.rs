@@ -23,7 +23,7 @@
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hypercall_abi::platform::{EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
 use hypercall_abi::ring::{RingError, SringIndex};
@@ -35,8 +35,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::offload::{tx_vnet_hdr, RxFeatures};
 use crate::rx::{self, RxError, RxPlan, RxRing};
 use crate::stats::Stats;
-use pv_backend_common::StopSignal;
 use crate::tx::{self, TxRing, TxVerdict};
+use pv_backend_common::StopSignal;
 
 /// How long a queue sleeps after its event channel woke it with nothing
 /// pending.
@@ -47,6 +47,15 @@ const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
 const RX_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Frames moved from the TAP per round, so that transmit is not starved.
 const RX_BATCH: usize = 64;
+
+/// How long a packet whose first slots are published may wait for the
+/// rest before the frontend is treated as malicious
+/// ([`tx::TxError::MissingSlots`]); netfront publishes whole packets, so
+/// this only ever waits out a slow publication.
+const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a queue waiting for the rest of a packet looks again.
+const INCOMPLETE_POLL: Duration = Duration::from_millis(1);
 /// Largest frame the TAP hands out: 64 KiB of GSO frame plus headers.
 const MAX_FRAME: usize = 65536 + 64;
 
@@ -278,6 +287,9 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let mut tx_buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
         let mut rx_buf = vec![0u8; MAX_FRAME];
         let mut pending: Option<(usize, RxPlan)> = None;
+        // Since when the packet at the head of the tx ring has been
+        // incomplete, and at which ring index.
+        let mut incomplete: Option<(Instant, u32)> = None;
         loop {
             if stop.is_stopped() {
                 return Ok(());
@@ -290,6 +302,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
 
             // Transmit: at most a ring's worth of packets per round.
             let mut responded = false;
+            let mut tx_waiting = false;
             for _ in 0..tx.size() {
                 let verdict = match tx::next_packet(&mut tx) {
                     Ok(Some(verdict)) => verdict,
@@ -299,6 +312,30 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                         return Ok(());
                     }
                 };
+                if let TxVerdict::Incomplete(part) = &verdict {
+                    match incomplete {
+                        Some((since, start)) if start == part.start => {
+                            if since.elapsed() >= INCOMPLETE_TIMEOUT {
+                                let error = tx::TxError::MissingSlots(1);
+                                log::error!("queue {queue}: tx: {part}");
+                                disable(queue, &io, stop, &error);
+                                return Ok(());
+                            }
+                        }
+                        _ => {
+                            log::warn!("queue {queue}: tx: waiting for the rest: {part}");
+                            incomplete = Some((Instant::now(), part.start));
+                        }
+                    }
+                    tx_waiting = true;
+                    break;
+                }
+                if let Some((since, start)) = incomplete.take() {
+                    log::warn!(
+                        "queue {queue}: tx: the packet at ring index {start} was complete after {} us",
+                        since.elapsed().as_micros()
+                    );
+                }
                 busy = true;
                 let responses = match verdict {
                     TxVerdict::Packet(packet) => {
@@ -343,6 +380,8 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                         disable(queue, &io, stop, &error);
                         return Ok(());
                     }
+                    // Put back on the ring; handled before the match.
+                    TxVerdict::Incomplete(_) => break,
                 };
                 for rsp in &responses {
                     if let Err(e) = tx.put_response(rsp) {
@@ -402,12 +441,16 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                 continue;
             }
 
-            // Nothing moved: re-arm the events, check once more, sleep.
-            match tx.final_check_for_requests() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                // Broken: the next round's next_packet reports it.
-                Err(_) => continue,
+            // Nothing moved: re-arm the events, check once more, sleep
+            // (briefly while a packet waits for its last slots, which are
+            // on the ring already as far as the final check is concerned).
+            if !tx_waiting {
+                match tx.final_check_for_requests() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    // Broken: the next round's next_packet reports it.
+                    Err(_) => continue,
+                }
             }
             if let Some((_, plan)) = pending {
                 if rx_slots_available(&mut rx, plan.slots()) {
@@ -418,7 +461,11 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             if pending.is_none() {
                 fds.push(io.tap.fd());
             }
-            let timeout = (pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL);
+            let timeout = if tx_waiting {
+                Some(INCOMPLETE_POLL)
+            } else {
+                (pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL)
+            };
             Stats::add(&io.stats.sleeps, 1);
             let ready = pv_backend_common::poll_readable_slice(&fds, timeout)
                 .map_err(|source| QueueError::Wait { queue, source })?;

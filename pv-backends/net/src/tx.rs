@@ -11,7 +11,7 @@
 //!
 //! | frontend fault | outcome |
 //! |---|---|
-//! | extra-info or fragment slots not yet published | fatal |
+//! | extra-info or fragment slots not yet published | wait ([`TxVerdict::Incomplete`]); fatal if they never come |
 //! | extra-info type 0 or unknown | fatal |
 //! | GSO extra with size 0 or a type other than TCPv4/TCPv6 | fatal |
 //! | more than [`FATAL_SLOTS`] fragment slots | fatal |
@@ -28,13 +28,13 @@
 
 use hypercall_abi::platform::{GrantCopyOp, GrantCopyPtr, GrantError, GrantMap};
 use hypercall_abi::ring::{BackRing, RingError};
+use hypercall_abi::xen::grant_table::GNTST_GENERAL_ERROR;
 pub use hypercall_abi::xen::netif::XEN_NETIF_NR_SLOTS_MIN;
 use hypercall_abi::xen::netif::{
     NetTxFlags, NetifExtraFlags, NetifExtraGso, NetifExtraInfo, NetifExtraType, NetifGsoType,
     NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
     XEN_NETIF_EXTRA_TYPE_MAX,
 };
-use hypercall_abi::xen::grant_table::GNTST_GENERAL_ERROR;
 use hypercall_abi::xen::{DomId, PAGE_SIZE};
 use rxen_tap::VNET_HDR_LEN;
 use zerocopy::IntoBytes;
@@ -199,6 +199,61 @@ pub enum TxVerdict {
     },
     /// The frontend is malicious: stop serving it, answer nothing.
     Fatal(TxError),
+    /// The packet's first slot is published but not all of its slots: its
+    /// slots were put back on the ring (nothing consumed) to be read afresh
+    /// later. A frontend publishes whole packets (netfront pushes once per
+    /// packet), so the rest is expected at once; the caller decides how
+    /// long to wait before treating it as [`TxError::MissingSlots`].
+    Incomplete(Incomplete),
+}
+
+/// What was on the ring when a packet's slots ran out: enough to tell a
+/// frontend that publishes slowly from a misread packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    /// Ring index of the packet's first slot.
+    pub start: u32,
+    /// Slots published from `start` when the packet was read.
+    pub published: u32,
+    /// The slots read, raw (extra-info slots shown as requests).
+    pub slots: Vec<NetifTxRequest>,
+}
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "packet at ring index {} has {} slot(s) published and needs more; slots:",
+            self.start, self.published
+        )?;
+        for slot in &self.slots {
+            let (gref, offset, flags, id, size) =
+                (slot.gref, slot.offset, slot.flags, slot.id, slot.size);
+            write!(
+                f,
+                " [gref {gref} offset {offset} flags {flags:#x} id {id} size {size}]"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts back the slots of a packet whose slots ran out and describes them.
+fn incomplete(
+    ring: &mut TxRing<'_>,
+    start: hypercall_abi::ring::RingIdx,
+    published: usize,
+) -> Result<Option<TxVerdict>, RingError> {
+    let taken = (ring.req_cons() - start).0;
+    let slots = (0..taken)
+        .map(|i| ring.get_request(start + std::num::Wrapping(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    ring.unconsume_requests(start)?;
+    Ok(Some(TxVerdict::Incomplete(Incomplete {
+        start: start.0,
+        published: u32::try_from(published).unwrap_or(u32::MAX),
+        slots,
+    })))
 }
 
 /// A transmit ring slot read as extra info: the two share the slot (the
@@ -213,11 +268,14 @@ fn as_extra(slot: &NetifTxRequest) -> NetifExtraInfo {
 }
 
 /// Takes the next packet off the ring and checks it; `None` if no request
-/// is waiting. Each slot is copied off the ring once. Fails only if the
+/// is waiting. Each slot is copied off the ring once (a packet found
+/// [`TxVerdict::Incomplete`] is put back and read afresh). Fails only if the
 /// ring itself is broken (a producer index past what the ring holds),
 /// which is as fatal as [`TxVerdict::Fatal`].
 pub fn next_packet(ring: &mut TxRing<'_>) -> Result<Option<TxVerdict>, RingError> {
+    let start = ring.req_cons();
     let mut work = ring.unconsumed_requests()? as usize;
+    let published = work;
     let Some(mut first) = ring.consume_request()? else {
         return Ok(None);
     };
@@ -231,10 +289,10 @@ pub fn next_packet(ring: &mut TxRing<'_>) -> Result<Option<TxVerdict>, RingError
     if first.tx_flags().contains(NetTxFlags::EXTRA_INFO) {
         loop {
             if work == 0 {
-                return Ok(Some(TxVerdict::Fatal(TxError::MissingSlots(1))));
+                return incomplete(ring, start, published);
             }
             let Some(slot) = ring.consume_request()? else {
-                return Ok(Some(TxVerdict::Fatal(TxError::MissingSlots(1))));
+                return incomplete(ring, start, published);
             };
             work -= 1;
             extra_count += 1;
@@ -272,7 +330,7 @@ pub fn next_packet(ring: &mut TxRing<'_>) -> Result<Option<TxVerdict>, RingError
         loop {
             let slots = frags.len();
             if slots >= work {
-                return Ok(Some(TxVerdict::Fatal(TxError::MissingSlots(1))));
+                return incomplete(ring, start, published);
             }
             if slots >= FATAL_SLOTS {
                 return Ok(Some(TxVerdict::Fatal(TxError::Malicious)));
@@ -281,7 +339,7 @@ pub fn next_packet(ring: &mut TxRing<'_>) -> Result<Option<TxVerdict>, RingError
                 drop = Some(TxError::TooManySlots(slots + 1));
             }
             let Some(frag) = ring.consume_request()? else {
-                return Ok(Some(TxVerdict::Fatal(TxError::MissingSlots(1))));
+                return incomplete(ring, start, published);
             };
             if drop.is_none() && frag.size > first.size {
                 drop = Some(TxError::SlotTooLarge {
@@ -440,7 +498,7 @@ mod tests {
         front.push_requests().unwrap();
         let mut out = Vec::new();
         while let Some(v) = next_packet(&mut back).unwrap() {
-            let fatal = matches!(v, TxVerdict::Fatal(_));
+            let fatal = matches!(v, TxVerdict::Fatal(_) | TxVerdict::Incomplete(_));
             out.push(v);
             if fatal {
                 break;
@@ -547,8 +605,6 @@ mod tests {
     fn malicious_requests_are_fatal() {
         let cross = [req(1, 4000, 200, 0, 1)];
         let frag_cross = [req(1, 0, 300, MORE, 1), req(2, 4000, 200, 0, 2)];
-        let missing_extra = [req(1, 0, 60, EXTRA, 1)];
-        let missing_frag = [req(1, 0, 60, MORE, 1)];
         let bad_extra = [
             req(1, 0, 60, EXTRA, 1),
             extra_slot(NetifExtraInfo {
@@ -594,8 +650,6 @@ mod tests {
                     size: 200,
                 },
             ),
-            (&missing_extra[..], TxError::MissingSlots(1)),
-            (&missing_frag[..], TxError::MissingSlots(1)),
             (&bad_extra[..], TxError::BadExtraType(9)),
             (&gso0[..], TxError::ZeroGsoSize),
             (&gso7[..], TxError::BadGsoType(7)),
@@ -604,6 +658,57 @@ mod tests {
             assert_eq!(verdicts(slots), [TxVerdict::Fatal(error)], "{slots:?}");
             assert!(error.is_fatal());
         }
+    }
+
+    #[test]
+    fn a_packet_published_in_part_is_put_back_until_the_rest_comes() {
+        let gso = NetifExtraGso {
+            size: 1448,
+            type_: XEN_NETIF_GSO_TYPE_TCPV4,
+            pad: 0,
+            features: 0,
+        };
+        let first = req(1, 0, 3000, MORE | EXTRA, 7);
+        let extra = extra_slot(NetifExtraInfo::from_gso(gso, NetifExtraFlags::empty()));
+        let frag = req(2, 0, 1000, 0, 8);
+        let mem = OwnedRingMem::with_order(0).unwrap();
+        let mut front =
+            FrontRing::<NetifTxRequest, NetifTxResponse>::init_shared(mem.mem()).unwrap();
+        let mut back = TxRing::new(mem.mem()).unwrap();
+
+        // Only the first slot, then the first and its extra: each time the
+        // packet comes back whole onto the ring.
+        front.put_request(&first).unwrap();
+        front.push_requests().unwrap();
+        let Some(TxVerdict::Incomplete(got)) = next_packet(&mut back).unwrap() else {
+            panic!("a lone first slot announcing more is incomplete")
+        };
+        assert_eq!(
+            (got.start, got.published, &got.slots[..]),
+            (0, 1, &[first][..])
+        );
+        assert_eq!(back.req_cons().0, 0, "nothing stays consumed");
+        front.put_request(&extra).unwrap();
+        front.push_requests().unwrap();
+        let Some(TxVerdict::Incomplete(got)) = next_packet(&mut back).unwrap() else {
+            panic!("a first slot and its extra without the fragment is incomplete")
+        };
+        assert_eq!((got.published, got.slots.len()), (2, 2));
+        assert!(got.to_string().contains("id 7 size 3000"), "{got}");
+        assert_eq!(back.req_cons().0, 0);
+
+        front.put_request(&frag).unwrap();
+        front.push_requests().unwrap();
+        let Some(TxVerdict::Packet(packet)) = next_packet(&mut back).unwrap() else {
+            panic!("the whole packet is accepted")
+        };
+        assert_eq!(packet.len(), 3000);
+        assert_eq!(
+            (packet.first.id, packet.extra_count, packet.frags.len()),
+            (7, 1, 1)
+        );
+        assert_eq!(back.req_cons().0, 3);
+        assert_eq!(next_packet(&mut back).unwrap(), None);
     }
 
     #[test]

@@ -360,6 +360,40 @@ fn backend_detects_requests_beyond_unanswered_space() {
 }
 
 #[test]
+fn unconsumed_requests_come_back_but_answered_ones_do_not() {
+    let owned = page();
+    let mem = owned.mem();
+    let (mut front, mut back) = pair_at(mem, u32::MAX - 1);
+    for id in 0..4 {
+        front.put_request(&req(id)).unwrap();
+    }
+    front.push_requests().unwrap();
+    let start = back.req_cons();
+    assert_eq!(back.consume_request().unwrap(), Some(req(0)));
+    back.put_response(&Rsp { id: 0, status: 0 }).unwrap();
+    let unanswered = back.req_cons();
+    assert_eq!(back.consume_request().unwrap(), Some(req(1)));
+    assert_eq!(back.consume_request().unwrap(), Some(req(2)));
+
+    // Back to the first unanswered request: it and the next come again.
+    back.unconsume_requests(unanswered).unwrap();
+    assert_eq!(back.unconsumed_requests(), Ok(3));
+    assert_eq!(back.consume_request().unwrap(), Some(req(1)));
+    // Not behind an answered one, nor ahead of req_cons.
+    assert!(matches!(
+        back.unconsume_requests(start),
+        Err(RingError::RewindPastResponses { .. })
+    ));
+    assert!(matches!(
+        back.unconsume_requests(back.req_cons() + Wrapping(1)),
+        Err(RingError::RewindPastResponses { .. })
+    ));
+    assert_eq!(back.consume_request().unwrap(), Some(req(2)));
+    assert_eq!(back.consume_request().unwrap(), Some(req(3)));
+    assert_eq!(back.consume_request().unwrap(), None);
+}
+
+#[test]
 fn backend_detects_request_producer_going_backwards() {
     let owned = page();
     let mem = owned.mem();
