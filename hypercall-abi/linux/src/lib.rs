@@ -36,7 +36,7 @@ pub use error::OpenError;
 pub use evtchn::LinuxEvtchn;
 pub use gntalloc::{LinuxGntalloc, LinuxSharedGrants, UnmapNotify};
 pub use gntdev::{LinuxGntdev, LinuxMappedGrants};
-pub use privcmd::{ForeignMapping, HypercallBuffer, Privcmd, PrivcmdError};
+pub use privcmd::{ConsoleChunk, ForeignMapping, HypercallBuffer, Privcmd, PrivcmdError, VcpuAffinity};
 pub use xenfs::{LocalStoreRing, XenfsError};
 
 /// Most pages one grant or foreign-mapping request may name (4 GiB), so

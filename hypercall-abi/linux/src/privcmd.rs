@@ -8,16 +8,38 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
-use hypercall_abi::xen::domctl::{XenDomctl, XenDomctlGetdomaininfo};
-use hypercall_abi::xen::event_channel::{EvtchnBinding, EvtchnStatus, EVTCHNOP_STATUS};
+use hypercall_abi::xen::arch_x86::{MmuextOp, VcpuGuestContext};
+use hypercall_abi::xen::domctl::{
+    VcpuAffinityFlags, XenDomctl, XenDomctlCreatedomain, XenDomctlGetdomaininfo, XenDomctlGetvcpuinfo,
+    XenDomctlVcpuaffinity, XenctlBitmap, XEN_DOMCTL_CREATEDOMAIN, XEN_DOMCTL_DESTROYDOMAIN, XEN_DOMCTL_GETDOMAININFO,
+    XEN_DOMCTL_GETVCPUAFFINITY, XEN_DOMCTL_GETVCPUCONTEXT, XEN_DOMCTL_GETVCPUINFO, XEN_DOMCTL_HYPERCALL_INIT,
+    XEN_DOMCTL_INTERFACE_VERSION, XEN_DOMCTL_MAX_MEM, XEN_DOMCTL_MAX_VCPUS, XEN_DOMCTL_PAUSEDOMAIN,
+    XEN_DOMCTL_SETTIMEOFFSET, XEN_DOMCTL_SETVCPUAFFINITY, XEN_DOMCTL_SETVCPUCONTEXT,
+    XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE, XEN_DOMCTL_UNPAUSEDOMAIN,
+};
+use hypercall_abi::xen::event_channel::{
+    EvtchnAllocUnbound, EvtchnBinding, EvtchnStatus, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_STATUS,
+};
 use hypercall_abi::xen::grant_table::{GnttabQuerySize, GNTST_OKAY, GNTTABOP_QUERY_SIZE};
 use hypercall_abi::xen::hypercall::{
-    HYPERVISOR_DOMCTL, HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP,
+    XenPfn, HYPERVISOR_DOMCTL, HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP,
+    HYPERVISOR_MMUEXT_OP, HYPERVISOR_SYSCTL,
+};
+use hypercall_abi::xen::memory::{
+    E820Entry, XenForeignMemoryMap, XenMemoryDomain, XenMemoryReservation, XENMEM_CURRENT_RESERVATION,
+    XENMEM_MAXIMUM_RAM_PAGE, XENMEM_POPULATE_PHYSMAP, XENMEM_SET_MEMORY_MAP,
+};
+use hypercall_abi::xen::sysctl::{
+    XenSysctl, XenSysctlGetcpuinfo, XenSysctlGetdomaininfolist, XenSysctlPhysinfo, XenSysctlReadconsole,
+    XenSysctlSchedId, GETDOMAININFO_RECORD_SIZE, XEN_SYSCTL_GETCPUINFO, XEN_SYSCTL_GETDOMAININFOLIST,
+    XEN_SYSCTL_INTERFACE_VERSION, XEN_SYSCTL_PHYSINFO, XEN_SYSCTL_READCONSOLE, XEN_SYSCTL_SCHED_ID,
 };
 use hypercall_abi::xen::{DomId, EvtchnPort, DOMID_FIRST_RESERVED, PAGE_SIZE};
 use memmap2::{Advice, MmapOptions, MmapRaw};
+use zerocopy::IntoBytes;
 
 use crate::error::{open_device, OpenError};
 use crate::mapping::DeviceMapping;
@@ -62,6 +84,38 @@ pub enum PrivcmdError {
         #[source]
         source: io::Error,
     },
+    /// Xen refused a domctl or sysctl with `EACCES`.
+    #[error(
+        "Xen refused {op} (EACCES): its {interface} interface is not version {version:#x}, the one of Xen 4.17 \
+         that this toolstack speaks (run it on Xen 4.17), or an XSM/Flask policy denies the call"
+    )]
+    InterfaceVersion {
+        /// The operation, e.g. `"XEN_DOMCTL_createdomain"`.
+        op: &'static str,
+        /// `"domctl"` or `"sysctl"`.
+        interface: &'static str,
+        /// The version this crate sent.
+        version: u32,
+    },
+    /// The domain does not exist (`ESRCH`).
+    #[error("{op} failed: there is no domain {dom}")]
+    NoSuchDomain {
+        /// The operation.
+        op: &'static str,
+        /// The domain asked for.
+        dom: DomId,
+    },
+    /// A batched operation did only part of the work; Xen stops early when
+    /// it runs out of memory or hits the domain's limit.
+    #[error("{op} completed {done} of {requested} items: Xen ran out of free memory or the domain reached its maximum")]
+    Incomplete {
+        /// The operation.
+        op: &'static str,
+        /// Items done, from the start of the request.
+        done: usize,
+        /// Items asked for.
+        requested: usize,
+    },
     /// One page of a foreign mapping failed (the mapping is dropped).
     #[error("mapping frame {gfn:#x} (page {index}) of domain {dom} failed: {source}")]
     Page {
@@ -75,6 +129,196 @@ pub enum PrivcmdError {
         #[source]
         source: io::Error,
     },
+}
+
+impl PrivcmdError {
+    /// The errno behind this error, if it came from the kernel or Xen.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            PrivcmdError::Hypercall { source, .. }
+            | PrivcmdError::Buffer(source)
+            | PrivcmdError::Map { source, .. }
+            | PrivcmdError::Page { source, .. } => source.raw_os_error(),
+            PrivcmdError::InterfaceVersion { .. } => Some(libc::EACCES),
+            PrivcmdError::NoSuchDomain { .. } => Some(libc::ESRCH),
+            PrivcmdError::Status { .. }
+            | PrivcmdError::Unexpected(_)
+            | PrivcmdError::Invalid(_)
+            | PrivcmdError::Incomplete { .. } => None,
+        }
+    }
+
+    /// Whether the domain asked about does not exist.
+    pub fn is_no_such_domain(&self) -> bool {
+        matches!(self, PrivcmdError::NoSuchDomain { .. })
+    }
+}
+
+/// The error for a failed domctl `op` on `dom`: `EACCES` is an interface
+/// version mismatch (or an XSM denial), `ESRCH` a missing domain.
+fn domctl_error(op: &'static str, dom: DomId, source: io::Error) -> PrivcmdError {
+    match source.raw_os_error() {
+        Some(libc::EACCES) => {
+            PrivcmdError::InterfaceVersion { op, interface: "domctl", version: XEN_DOMCTL_INTERFACE_VERSION }
+        }
+        Some(libc::ESRCH) => PrivcmdError::NoSuchDomain { op, dom },
+        _ => PrivcmdError::Hypercall { op, source },
+    }
+}
+
+/// The error for a failed sysctl `op`: `EACCES` is an interface version
+/// mismatch (or an XSM denial).
+fn sysctl_error(op: &'static str, source: io::Error) -> PrivcmdError {
+    match source.raw_os_error() {
+        Some(libc::EACCES) => {
+            PrivcmdError::InterfaceVersion { op, interface: "sysctl", version: XEN_SYSCTL_INTERFACE_VERSION }
+        }
+        _ => PrivcmdError::Hypercall { op, source },
+    }
+}
+
+/// The error for a failed memory operation `op` on `dom`.
+fn memory_op_error(op: &'static str, dom: DomId, source: io::Error) -> PrivcmdError {
+    match source.raw_os_error() {
+        Some(libc::ESRCH) => PrivcmdError::NoSuchDomain { op, dom },
+        _ => PrivcmdError::Hypercall { op, source },
+    }
+}
+
+/// Whether domctl `cmd`'s payload is plain data, without guest handles:
+/// Xen then reads and writes nothing but the `xen_domctl` itself.
+const fn domctl_without_handles(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        XEN_DOMCTL_CREATEDOMAIN
+            | XEN_DOMCTL_DESTROYDOMAIN
+            | XEN_DOMCTL_PAUSEDOMAIN
+            | XEN_DOMCTL_UNPAUSEDOMAIN
+            | XEN_DOMCTL_GETDOMAININFO
+            | XEN_DOMCTL_MAX_MEM
+            | XEN_DOMCTL_GETVCPUINFO
+            | XEN_DOMCTL_MAX_VCPUS
+            | XEN_DOMCTL_HYPERCALL_INIT
+            | XEN_DOMCTL_SETTIMEOFFSET
+            | XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE
+    )
+}
+
+/// The C name of domctl `cmd`, for messages.
+fn domctl_name(cmd: u32) -> &'static str {
+    match cmd {
+        XEN_DOMCTL_CREATEDOMAIN => "XEN_DOMCTL_createdomain",
+        XEN_DOMCTL_DESTROYDOMAIN => "XEN_DOMCTL_destroydomain",
+        XEN_DOMCTL_PAUSEDOMAIN => "XEN_DOMCTL_pausedomain",
+        XEN_DOMCTL_UNPAUSEDOMAIN => "XEN_DOMCTL_unpausedomain",
+        XEN_DOMCTL_GETDOMAININFO => "XEN_DOMCTL_getdomaininfo",
+        XEN_DOMCTL_SETVCPUAFFINITY => "XEN_DOMCTL_setvcpuaffinity",
+        XEN_DOMCTL_MAX_MEM => "XEN_DOMCTL_max_mem",
+        XEN_DOMCTL_SETVCPUCONTEXT => "XEN_DOMCTL_setvcpucontext",
+        XEN_DOMCTL_GETVCPUCONTEXT => "XEN_DOMCTL_getvcpucontext",
+        XEN_DOMCTL_GETVCPUINFO => "XEN_DOMCTL_getvcpuinfo",
+        XEN_DOMCTL_MAX_VCPUS => "XEN_DOMCTL_max_vcpus",
+        XEN_DOMCTL_HYPERCALL_INIT => "XEN_DOMCTL_hypercall_init",
+        XEN_DOMCTL_SETTIMEOFFSET => "XEN_DOMCTL_settimeoffset",
+        XEN_DOMCTL_GETVCPUAFFINITY => "XEN_DOMCTL_getvcpuaffinity",
+        XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE => "XEN_DOMCTL_set_paging_mempool_size",
+        _ => "__HYPERVISOR_domctl",
+    }
+}
+
+/// The C name of sysctl `cmd`, for messages.
+fn sysctl_name(cmd: u32) -> &'static str {
+    match cmd {
+        XEN_SYSCTL_READCONSOLE => "XEN_SYSCTL_readconsole",
+        XEN_SYSCTL_PHYSINFO => "XEN_SYSCTL_physinfo",
+        XEN_SYSCTL_SCHED_ID => "XEN_SYSCTL_sched_id",
+        XEN_SYSCTL_GETDOMAININFOLIST => "XEN_SYSCTL_getdomaininfolist",
+        XEN_SYSCTL_GETCPUINFO => "XEN_SYSCTL_getcpuinfo",
+        _ => "__HYPERVISOR_sysctl",
+    }
+}
+
+/// Where the arrays a structured hypercall points to start in the
+/// hypercall buffer: after the `xen_domctl` (144 bytes) or `xen_sysctl`
+/// (136 bytes) at offset 0, 8-byte aligned.
+const DATA_OFFSET: usize = 256;
+
+/// Pages of hypercall buffer a bulk operation (domain list, console, page
+/// population) uses per hypercall; larger requests are split.
+const BULK_PAGES: usize = 8;
+
+/// Bytes of array data a bulk operation moves per hypercall.
+const BULK_BYTES: usize = BULK_PAGES * PAGE_SIZE - DATA_OFFSET;
+
+const _: () = assert!(DATA_OFFSET >= std::mem::size_of::<XenDomctl>() && DATA_OFFSET % 8 == 0);
+const _: () = assert!(DATA_OFFSET >= std::mem::size_of::<XenSysctl>());
+const _: () = assert!(DATA_OFFSET >= std::mem::size_of::<XenMemoryReservation>());
+const _: () = assert!(DATA_OFFSET >= std::mem::size_of::<XenForeignMemoryMap>());
+
+/// Domain records per `XEN_SYSCTL_getdomaininfolist` call.
+const DOMAIN_LIST_BATCH: usize = BULK_BYTES / GETDOMAININFO_RECORD_SIZE;
+
+/// Extents per `XENMEM_populate_physmap` call.
+const POPULATE_BATCH: usize = BULK_BYTES / std::mem::size_of::<XenPfn>();
+
+// Each bulk request fits its buffer, and batches stay worth the round trip.
+const _: () = assert!(DATA_OFFSET + DOMAIN_LIST_BATCH * GETDOMAININFO_RECORD_SIZE <= BULK_PAGES * PAGE_SIZE);
+const _: () = assert!(DATA_OFFSET + POPULATE_BATCH * std::mem::size_of::<XenPfn>() <= BULK_PAGES * PAGE_SIZE);
+const _: () = assert!(DOMAIN_LIST_BATCH >= 64 && POPULATE_BATCH >= 4000);
+
+/// Most console bytes read by [`Privcmd::read_console_all`] (64 MiB; Xen's
+/// ring is 16 KiB unless `conring_size` raises it).
+const MAX_CONSOLE_BYTES: usize = 64 << 20;
+
+/// Largest CPU bitmap, in bytes, [`Privcmd::vcpu_affinity`] handles
+/// (32768 CPUs).
+const MAX_CPUMAP_BYTES: usize = 4096;
+
+/// How often, and how long apart, [`Privcmd::destroy_domain`] retries
+/// while Xen answers `EAGAIN` (about ten seconds in all).
+const DESTROY_RETRIES: u32 = 10_000;
+const DESTROY_RETRY_DELAY: Duration = Duration::from_millis(1);
+
+/// A piece of the hypervisor's console ring, from [`Privcmd::read_console`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleChunk {
+    /// The bytes read (Xen's log lines, `\n`-separated; not necessarily
+    /// UTF-8, and a line may be split across chunks).
+    pub data: Vec<u8>,
+    /// Where reading stopped: pass it back to continue.
+    pub index: u32,
+}
+
+/// A vCPU's affinity masks, one bit per physical CPU (bit `n % 8` of byte
+/// `n / 8` for CPU `n`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VcpuAffinity {
+    /// Where the vCPU may run.
+    pub hard: Vec<u8>,
+    /// Where it prefers to run.
+    pub soft: Vec<u8>,
+}
+
+/// The domain id to continue a domain listing from after `batch`, read
+/// from `first` up, or `None` if the listing is complete (a short batch,
+/// or the last domain is the highest possible id).
+fn next_first_domain(
+    first: DomId,
+    batch: &[XenDomctlGetdomaininfo],
+    asked: usize,
+) -> Result<Option<DomId>, PrivcmdError> {
+    let Some(last) = batch.last() else {
+        return Ok(None);
+    };
+    if batch.iter().any(|d| d.domain < first) || batch.windows(2).any(|w| w[0].domain >= w[1].domain) {
+        return Err(PrivcmdError::Unexpected(format!(
+            "XEN_SYSCTL_getdomaininfolist from domain {first} returned domains out of order"
+        )));
+    }
+    if batch.len() < asked {
+        return Ok(None);
+    }
+    Ok(last.domain.checked_add(1).filter(|next| *next < DOMID_FIRST_RESERVED))
 }
 
 impl From<SharedMemoryError> for PrivcmdError {
@@ -127,6 +371,16 @@ impl HypercallBuffer {
     pub fn memory(&self) -> SharedMemory<'_> {
         self.map.memory()
     }
+
+    /// The buffer's size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the buffer is empty (never: it has at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
 }
 
 /// A handle on `/dev/xen/privcmd`: `xencall_handle` and
@@ -164,12 +418,122 @@ impl Privcmd {
     /// Runs `f` with the handle's one-page hypercall buffer, allocated on
     /// first use; calls are serialised by it.
     fn with_buffer<R>(&self, f: impl FnOnce(&HypercallBuffer) -> Result<R, PrivcmdError>) -> Result<R, PrivcmdError> {
+        self.with_buffer_pages(1, f)
+    }
+
+    /// Runs `f` with the handle's hypercall buffer, grown to at least
+    /// `pages` pages (it keeps its largest size); calls are serialised by it.
+    fn with_buffer_pages<R>(
+        &self,
+        pages: usize,
+        f: impl FnOnce(&HypercallBuffer) -> Result<R, PrivcmdError>,
+    ) -> Result<R, PrivcmdError> {
         let mut guard: MutexGuard<'_, Option<HypercallBuffer>> = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         let buffer = match &mut *guard {
-            Some(buffer) => buffer,
-            slot @ None => slot.insert(HypercallBuffer::new(1)?),
+            Some(buffer) if buffer.len() >= pages * PAGE_SIZE => buffer,
+            slot => slot.insert(HypercallBuffer::new(pages)?),
         };
         f(buffer)
+    }
+
+    /// Writes `domctl` at the start of `buf`, issues it and returns the
+    /// structure as Xen left it.
+    ///
+    /// # Safety
+    /// Every guest handle in `domctl.u` must be null where the operation
+    /// allows it, or point to hypercall-safe memory (normally further into
+    /// `buf`) laid out as the operation expects and not otherwise accessed
+    /// during the call.
+    unsafe fn domctl_in(&self, buf: &HypercallBuffer, domctl: &XenDomctl) -> Result<XenDomctl, PrivcmdError> {
+        let mem = buf.memory();
+        mem.write_obj(0, domctl)?;
+        let args = [buf.addr(), 0, 0, 0, 0];
+        // SAFETY: __HYPERVISOR_domctl takes one `xen_domctl`, which Xen
+        // reads and writes back in the hypercall buffer at `buf.addr()`;
+        // the handles in its union are valid for the operation (caller).
+        unsafe { self.hypercall(HYPERVISOR_DOMCTL, args) }
+            .map_err(|source| domctl_error(domctl_name(domctl.cmd), domctl.domain, source))?;
+        Ok(mem.read_obj(0)?)
+    }
+
+    /// Issues a domctl whose payload holds no guest handle (see
+    /// [`domctl_without_handles`]), in the one-page buffer.
+    fn plain_domctl(&self, domctl: &XenDomctl) -> Result<XenDomctl, PrivcmdError> {
+        if !domctl_without_handles(domctl.cmd) {
+            return Err(PrivcmdError::Invalid("this domctl points to memory and needs its own buffer layout"));
+        }
+        self.with_buffer(|buf| {
+            // SAFETY: the operation's payload has no guest handle (checked
+            // above), so Xen touches only the structure itself.
+            unsafe { self.domctl_in(buf, domctl) }
+        })
+    }
+
+    /// Writes `sysctl` at the start of `buf`, issues it and returns the
+    /// structure as Xen left it.
+    ///
+    /// # Safety
+    /// As [`Privcmd::domctl_in`], for the guest handles in `sysctl.u`.
+    unsafe fn sysctl_in(&self, buf: &HypercallBuffer, sysctl: &XenSysctl) -> Result<XenSysctl, PrivcmdError> {
+        let mem = buf.memory();
+        mem.write_obj(0, sysctl)?;
+        let args = [buf.addr(), 0, 0, 0, 0];
+        // SAFETY: __HYPERVISOR_sysctl takes one `xen_sysctl`, which Xen
+        // reads and writes back in the hypercall buffer at `buf.addr()`;
+        // the handles in its union are valid for the operation (caller).
+        unsafe { self.hypercall(HYPERVISOR_SYSCTL, args) }.map_err(|source| sysctl_error(sysctl_name(sysctl.cmd), source))?;
+        Ok(mem.read_obj(0)?)
+    }
+
+    /// Issues domctl `domctl` as is and returns the structure as Xen wrote
+    /// it back (`do_domctl` of libxc). Prefer the typed methods.
+    ///
+    /// # Safety
+    /// Every guest handle in `domctl.u` must be null where the operation
+    /// allows, or point to memory valid for what the operation does with
+    /// it (Xen writes there), not accessed through Rust references during
+    /// the call, and hypercall-safe (see [`HypercallBuffer`]).
+    pub unsafe fn domctl(&self, domctl: &XenDomctl) -> Result<XenDomctl, PrivcmdError> {
+        self.with_buffer(|buf| {
+            // SAFETY: the handles are the caller's contract; `domctl_in`
+            // only adds the structure itself, in `buf`.
+            unsafe { self.domctl_in(buf, domctl) }
+        })
+    }
+
+    /// Issues sysctl `sysctl` as is and returns the structure as Xen wrote
+    /// it back (`do_sysctl` of libxc). Prefer the typed methods.
+    ///
+    /// # Safety
+    /// As [`Privcmd::domctl`], for the guest handles in `sysctl.u`.
+    pub unsafe fn sysctl(&self, sysctl: &XenSysctl) -> Result<XenSysctl, PrivcmdError> {
+        self.with_buffer(|buf| {
+            // SAFETY: the handles are the caller's contract; `sysctl_in`
+            // only adds the structure itself, in `buf`.
+            unsafe { self.sysctl_in(buf, sysctl) }
+        })
+    }
+
+    /// Issues memory operation `cmd` with the argument the caller put at
+    /// the start of `buf` (or a null one, if `with_arg` is false) and
+    /// returns Xen's non-negative result.
+    ///
+    /// # Safety
+    /// The argument at the start of `buf` must be what `cmd` expects, with
+    /// its guest handles pointing into `buf`.
+    unsafe fn memory_op_in(
+        &self,
+        buf: &HypercallBuffer,
+        cmd: u32,
+        with_arg: bool,
+        op: &'static str,
+        dom: DomId,
+    ) -> Result<i32, PrivcmdError> {
+        let args = [u64::from(cmd), if with_arg { buf.addr() } else { 0 }, 0, 0, 0];
+        // SAFETY: __HYPERVISOR_memory_op takes the sub-operation and a
+        // pointer to its argument, which is in the hypercall buffer with the
+        // arrays it names (caller), or null for operations without one.
+        unsafe { self.hypercall(HYPERVISOR_MEMORY_OP, args) }.map_err(|source| memory_op_error(op, dom, source))
     }
 
     /// What port `port` of domain `dom` is bound to (`EVTCHNOP_status`).
@@ -184,6 +548,58 @@ impl Privcmd {
                 .map_err(|source| PrivcmdError::Hypercall { op: "EVTCHNOP_status", source })?;
             let status: EvtchnStatus = mem.read_obj(0)?;
             status.binding().map_err(|e| PrivcmdError::Unexpected(e.to_string()))
+        })
+    }
+
+    /// Allocates a port of domain `dom` that domain `remote` may bind to
+    /// (`EVTCHNOP_alloc_unbound`): a domain builder's store and console
+    /// channels, whose other ends the daemons bind.
+    pub fn evtchn_alloc_unbound(&self, dom: DomId, remote: DomId) -> Result<EvtchnPort, PrivcmdError> {
+        self.with_buffer(|buf| {
+            let mem = buf.memory();
+            let op = EvtchnAllocUnbound {
+                dom,
+                remote_dom: remote,
+                port: 0,
+            };
+            mem.write_obj(0, &op)?;
+            let args = [u64::from(EVTCHNOP_ALLOC_UNBOUND), buf.addr(), 0, 0, 0];
+            // SAFETY: EVTCHNOP_alloc_unbound takes one `evtchn_alloc_unbound`,
+            // which Xen reads and writes in the hypercall buffer at
+            // `buf.addr()`.
+            unsafe { self.hypercall(HYPERVISOR_EVENT_CHANNEL_OP, args) }
+                .map_err(|source| PrivcmdError::Hypercall { op: "EVTCHNOP_alloc_unbound", source })?;
+            let done: EvtchnAllocUnbound = mem.read_obj(0)?;
+            Ok(done.port)
+        })
+    }
+
+    /// Runs extended MMU operations on domain `dom`'s memory
+    /// (`__HYPERVISOR_mmuext_op` with `foreigndom = dom`), e.g. pinning a
+    /// PV guest's boot page tables ([`MmuextOp::pin`]).
+    pub fn mmuext_op(&self, dom: DomId, ops: &[MmuextOp]) -> Result<(), PrivcmdError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.with_buffer(|buf| {
+            let mem = buf.memory();
+            let size = std::mem::size_of::<MmuextOp>();
+            if std::mem::size_of_val(ops) > mem.len() {
+                return Err(PrivcmdError::Unexpected(format!(
+                    "{} MMU operations do not fit one hypercall page",
+                    ops.len()
+                )));
+            }
+            for (i, op) in ops.iter().enumerate() {
+                mem.write_obj(i * size, op)?;
+            }
+            let args = [buf.addr(), ops.len() as u64, 0, u64::from(dom), 0];
+            // SAFETY: __HYPERVISOR_mmuext_op takes an array of `count`
+            // `mmuext_op` (in the hypercall buffer at `buf.addr()`, written
+            // above), a null `pdone` and the foreign domain.
+            unsafe { self.hypercall(HYPERVISOR_MMUEXT_OP, args) }
+                .map_err(|source| PrivcmdError::Hypercall { op: "__HYPERVISOR_mmuext_op", source })?;
+            Ok(())
         })
     }
 
@@ -234,6 +650,421 @@ impl Privcmd {
             }
             let reply: XenDomctl = mem.read_obj(0)?;
             Ok(domain_info_reply(dom, &reply))
+        })
+    }
+
+    /// The host's CPUs, memory and capabilities (`XEN_SYSCTL_physinfo`,
+    /// for `xl info`).
+    pub fn physinfo(&self) -> Result<XenSysctlPhysinfo, PrivcmdError> {
+        self.with_buffer(|buf| {
+            // SAFETY: XEN_SYSCTL_physinfo's payload has no guest handle.
+            let reply = unsafe { self.sysctl_in(buf, &XenSysctl::physinfo()) }?;
+            Ok(reply.payload())
+        })
+    }
+
+    /// The default CPU pool's scheduler (`XEN_SYSCTL_sched_id`, `xl info`'s
+    /// `xen_scheduler`); see [`XenSysctlSchedId::scheduler`].
+    pub fn sched_id(&self) -> Result<XenSysctlSchedId, PrivcmdError> {
+        self.with_buffer(|buf| {
+            // SAFETY: XEN_SYSCTL_sched_id's payload has no guest handle.
+            let reply = unsafe { self.sysctl_in(buf, &XenSysctl::sched_id()) }?;
+            Ok(reply.payload())
+        })
+    }
+
+    /// Every domain's state, in id order (`XEN_SYSCTL_getdomaininfolist`,
+    /// repeated until all are read: what `xl list` shows).
+    pub fn list_domains(&self) -> Result<Vec<XenDomctlGetdomaininfo>, PrivcmdError> {
+        let mut domains = Vec::new();
+        let mut first: DomId = 0;
+        // Ends: `first` grows strictly with each full batch and stops
+        // below DOMID_FIRST_RESERVED (see `next_first_domain`).
+        loop {
+            let batch = self.domain_info_batch(first, DOMAIN_LIST_BATCH)?;
+            let next = next_first_domain(first, &batch, DOMAIN_LIST_BATCH)?;
+            domains.extend(batch);
+            match next {
+                Some(next) => first = next,
+                None => return Ok(domains),
+            }
+        }
+    }
+
+    /// Up to `max` domains with ids from `first` up (one
+    /// `XEN_SYSCTL_getdomaininfolist`).
+    fn domain_info_batch(&self, first: DomId, max: usize) -> Result<Vec<XenDomctlGetdomaininfo>, PrivcmdError> {
+        let max = max.min(DOMAIN_LIST_BATCH);
+        self.with_buffer_pages(BULK_PAGES, |buf| {
+            let mem = buf.memory();
+            // Cannot truncate: max <= DOMAIN_LIST_BATCH, a few hundred.
+            let sysctl = XenSysctl::getdomaininfolist(first, max as u32, buf.addr() + DATA_OFFSET as u64);
+            // SAFETY: the handle points at DATA_OFFSET in `buf`, followed by
+            // room for `max` records of `xen_domctl_getdomaininfo_t`
+            // (DATA_OFFSET + max * 112 <= BULK_PAGES pages).
+            let reply = unsafe { self.sysctl_in(buf, &sysctl) }?;
+            let list: XenSysctlGetdomaininfolist = reply.payload();
+            let count = list.num_domains as usize;
+            if count > max {
+                return Err(PrivcmdError::Unexpected(format!(
+                    "XEN_SYSCTL_getdomaininfolist returned {count} domains for {max} slots"
+                )));
+            }
+            (0..count).map(|i| Ok(mem.read_obj(DATA_OFFSET + i * GETDOMAININFO_RECORD_SIZE)?)).collect()
+        })
+    }
+
+    /// Reads the next piece of the hypervisor's console ring
+    /// (`XEN_SYSCTL_readconsole`), up to about 32 KiB: from `index` (as
+    /// returned by the previous call) if given, else from the oldest byte
+    /// kept; `clear` discards what was read (`xl dmesg -c`). An empty chunk
+    /// means the ring is drained.
+    pub fn read_console(&self, clear: bool, index: Option<u32>) -> Result<ConsoleChunk, PrivcmdError> {
+        self.with_buffer_pages(BULK_PAGES, |buf| {
+            let mem = buf.memory();
+            // Cannot truncate: BULK_BYTES is 32 KiB less a header.
+            let sysctl = XenSysctl::readconsole(clear, index, buf.addr() + DATA_OFFSET as u64, BULK_BYTES as u32);
+            // SAFETY: the handle points at DATA_OFFSET in `buf`, followed by
+            // the BULK_BYTES the request says Xen may write.
+            let reply = unsafe { self.sysctl_in(buf, &sysctl) }?;
+            let read: XenSysctlReadconsole = reply.payload();
+            let count = read.count as usize;
+            if count > BULK_BYTES {
+                return Err(PrivcmdError::Unexpected(format!(
+                    "XEN_SYSCTL_readconsole returned {count} bytes for a {BULK_BYTES}-byte buffer"
+                )));
+            }
+            let mut data = vec![0; count];
+            mem.read(DATA_OFFSET, &mut data)?;
+            Ok(ConsoleChunk { data, index: read.index })
+        })
+    }
+
+    /// The whole console ring (`xl dmesg`), read chunk by chunk with
+    /// [`Privcmd::read_console`]; `clear` empties it (`xl dmesg -c`).
+    /// Stops after 64 MiB should Xen log faster than it can be read.
+    pub fn read_console_all(&self, clear: bool) -> Result<Vec<u8>, PrivcmdError> {
+        let mut log = Vec::new();
+        let mut index = None;
+        // Ends: each round adds at least one byte, up to MAX_CONSOLE_BYTES.
+        while log.len() < MAX_CONSOLE_BYTES {
+            let chunk = self.read_console(clear, index)?;
+            if chunk.data.is_empty() {
+                break;
+            }
+            log.extend_from_slice(&chunk.data);
+            index = Some(chunk.index);
+        }
+        Ok(log)
+    }
+
+    /// The time each of the first `max_cpus` physical CPUs spent idle, in
+    /// nanoseconds (`XEN_SYSCTL_getcpuinfo`); shorter if fewer CPUs exist.
+    pub fn cpu_idle_times(&self, max_cpus: u32) -> Result<Vec<u64>, PrivcmdError> {
+        let max = max_cpus as usize;
+        if max == 0 || max > BULK_BYTES / 8 {
+            return Err(PrivcmdError::Invalid("number of CPUs to query out of range"));
+        }
+        self.with_buffer_pages(BULK_PAGES, |buf| {
+            let mem = buf.memory();
+            let sysctl = XenSysctl::getcpuinfo(max_cpus, buf.addr() + DATA_OFFSET as u64);
+            // SAFETY: the handle points at DATA_OFFSET in `buf`, followed by
+            // room for `max_cpus` 8-byte `xen_sysctl_cpuinfo_t` (checked).
+            let reply = unsafe { self.sysctl_in(buf, &sysctl) }?;
+            let info: XenSysctlGetcpuinfo = reply.payload();
+            let count = info.nr_cpus as usize;
+            if count > max {
+                return Err(PrivcmdError::Unexpected(format!(
+                    "XEN_SYSCTL_getcpuinfo returned {count} CPUs for {max} slots"
+                )));
+            }
+            (0..count).map(|i| Ok(mem.read_obj(DATA_OFFSET + i * 8)?)).collect()
+        })
+    }
+
+    /// Creates a paused, empty domain configured by `config`
+    /// (`XEN_DOMCTL_createdomain`) and returns its id: `domid` if given
+    /// (fails with `EEXIST` if taken), else one Xen picks.
+    ///
+    /// Building it then takes `XEN_DOMCTL_max_vcpus` ([`Privcmd::set_max_vcpus`])
+    /// with the same count, memory, and a vCPU context.
+    pub fn create_domain(&self, domid: Option<DomId>, config: &XenDomctlCreatedomain) -> Result<DomId, PrivcmdError> {
+        if domid.is_some_and(|d| d == 0 || d >= DOMID_FIRST_RESERVED) {
+            return Err(PrivcmdError::Invalid("a new domain's id must be between 1 and 0x7fef"));
+        }
+        let reply = self.plain_domctl(&XenDomctl::createdomain(domid.unwrap_or(0), config))?;
+        if reply.domain == 0 || reply.domain >= DOMID_FIRST_RESERVED {
+            return Err(PrivcmdError::Unexpected(format!(
+                "XEN_DOMCTL_createdomain returned domain id {:#x}",
+                reply.domain
+            )));
+        }
+        Ok(reply.domain)
+    }
+
+    /// Destroys domain `dom` (`XEN_DOMCTL_destroydomain`), retrying for up
+    /// to about ten seconds while Xen answers `EAGAIN` (still freeing it).
+    pub fn destroy_domain(&self, dom: DomId) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        let mut tries = 0;
+        loop {
+            match self.plain_domctl(&XenDomctl::destroydomain(dom)) {
+                Err(e) if e.errno() == Some(libc::EAGAIN) && tries < DESTROY_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(DESTROY_RETRY_DELAY);
+                }
+                result => return result.map(drop),
+            }
+        }
+    }
+
+    /// Pauses domain `dom` (`XEN_DOMCTL_pausedomain`, `xl pause`).
+    pub fn pause_domain(&self, dom: DomId) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::pausedomain(dom)).map(drop)
+    }
+
+    /// Unpauses domain `dom` (`XEN_DOMCTL_unpausedomain`, `xl unpause`;
+    /// also what starts a newly built domain).
+    pub fn unpause_domain(&self, dom: DomId) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::unpausedomain(dom)).map(drop)
+    }
+
+    /// Limits domain `dom` to `max_memkb` KiB (`XEN_DOMCTL_max_mem`,
+    /// `xl mem-max`).
+    pub fn set_max_mem(&self, dom: DomId, max_memkb: u64) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::max_mem(dom, max_memkb)).map(drop)
+    }
+
+    /// Allocates `max` vCPUs for domain `dom` (`XEN_DOMCTL_max_vcpus`);
+    /// `max` must equal the `max_vcpus` it was created with.
+    pub fn set_max_vcpus(&self, dom: DomId, max: u32) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::max_vcpus(dom, max)).map(drop)
+    }
+
+    /// The run state of `vcpu` of domain `dom` (`XEN_DOMCTL_getvcpuinfo`,
+    /// `xl vcpu-list`). A vCPU that does not exist fails with `ENOENT`
+    /// (or `EINVAL` beyond `max_vcpus`).
+    pub fn vcpu_info(&self, dom: DomId, vcpu: u32) -> Result<XenDomctlGetvcpuinfo, PrivcmdError> {
+        check_domid(dom)?;
+        Ok(self.plain_domctl(&XenDomctl::getvcpuinfo(dom, vcpu))?.payload())
+    }
+
+    /// Loads `ctxt` into `vcpu` of PV domain `dom`
+    /// (`XEN_DOMCTL_setvcpucontext`): how a builder sets the boot vCPU's
+    /// entry point, stack, page tables and callbacks before unpausing.
+    pub fn set_vcpu_context(&self, dom: DomId, vcpu: u32, ctxt: &VcpuGuestContext) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        let pages = (DATA_OFFSET + std::mem::size_of::<VcpuGuestContext>()).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            buf.memory().write_obj(DATA_OFFSET, ctxt)?;
+            let domctl = XenDomctl::setvcpucontext(dom, vcpu, buf.addr() + DATA_OFFSET as u64);
+            // SAFETY: the handle points at the `vcpu_guest_context_t` just
+            // written at DATA_OFFSET in `buf`, which has room for it.
+            unsafe { self.domctl_in(buf, &domctl) }.map(drop)
+        })
+    }
+
+    /// The register state of `vcpu` of domain `dom`
+    /// (`XEN_DOMCTL_getvcpucontext`; the domain should be paused).
+    pub fn vcpu_context(&self, dom: DomId, vcpu: u32) -> Result<VcpuGuestContext, PrivcmdError> {
+        check_domid(dom)?;
+        let pages = (DATA_OFFSET + std::mem::size_of::<VcpuGuestContext>()).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            let domctl = XenDomctl::getvcpucontext(dom, vcpu, buf.addr() + DATA_OFFSET as u64);
+            // SAFETY: the handle points at DATA_OFFSET in `buf`, which has
+            // room for the `vcpu_guest_context_t` Xen writes there.
+            unsafe { self.domctl_in(buf, &domctl) }?;
+            Ok(buf.memory().read_obj(DATA_OFFSET)?)
+        })
+    }
+
+    /// Has Xen fill frame `gmfn` of PV domain `dom` with its hypercall
+    /// stubs (`XEN_DOMCTL_hypercall_init`), for a kernel whose ELF notes
+    /// ask for a hypercall page.
+    pub fn hypercall_init(&self, dom: DomId, gmfn: u64) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::hypercall_init(dom, gmfn)).map(drop)
+    }
+
+    /// Shifts domain `dom`'s wallclock by `seconds`
+    /// (`XEN_DOMCTL_settimeoffset`, `rtc_timeoffset` in `xl.cfg`).
+    pub fn set_time_offset(&self, dom: DomId, seconds: i64) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::settimeoffset(dom, seconds)).map(drop)
+    }
+
+    /// Gives HVM/PVH domain `dom` `bytes` of memory for its HAP or shadow
+    /// page tables (`XEN_DOMCTL_set_paging_mempool_size`; `shadow_memory`
+    /// in `xl.cfg`).
+    pub fn set_paging_mempool_size(&self, dom: DomId, bytes: u64) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::set_paging_mempool_size(dom, bytes)).map(drop)
+    }
+
+    /// The hard and soft affinity of `vcpu` of domain `dom`, as maps of
+    /// `nr_cpus` CPUs (`XEN_DOMCTL_getvcpuaffinity`; `nr_cpus` is usually
+    /// [`XenSysctlPhysinfo::max_cpu_id`] + 1).
+    pub fn vcpu_affinity(&self, dom: DomId, vcpu: u32, nr_cpus: u32) -> Result<VcpuAffinity, PrivcmdError> {
+        let len = (nr_cpus as usize).div_ceil(8);
+        let empty = vec![0; len];
+        self.vcpu_affinity_op(dom, vcpu, VcpuAffinityFlags::HARD | VcpuAffinityFlags::SOFT, &empty, &empty, false)
+    }
+
+    /// Pins `vcpu` of domain `dom` (`XEN_DOMCTL_setvcpuaffinity`,
+    /// `xl vcpu-pin`): sets the hard and/or soft map, whichever is given,
+    /// and returns the effective affinity Xen applied (the maps
+    /// intersected with the CPU pool's online CPUs).
+    pub fn set_vcpu_affinity(
+        &self,
+        dom: DomId,
+        vcpu: u32,
+        hard: Option<&[u8]>,
+        soft: Option<&[u8]>,
+    ) -> Result<VcpuAffinity, PrivcmdError> {
+        let mut flags = VcpuAffinityFlags::empty();
+        flags.set(VcpuAffinityFlags::HARD, hard.is_some());
+        flags.set(VcpuAffinityFlags::SOFT, soft.is_some());
+        if flags.is_empty() {
+            return Err(PrivcmdError::Invalid("set_vcpu_affinity needs a hard or a soft map"));
+        }
+        self.vcpu_affinity_op(dom, vcpu, flags, hard.unwrap_or(&[]), soft.unwrap_or(&[]), true)
+    }
+
+    /// `XEN_DOMCTL_{set,get}vcpuaffinity` with the two maps laid out after
+    /// the domctl in the buffer.
+    fn vcpu_affinity_op(
+        &self,
+        dom: DomId,
+        vcpu: u32,
+        flags: VcpuAffinityFlags,
+        hard: &[u8],
+        soft: &[u8],
+        set: bool,
+    ) -> Result<VcpuAffinity, PrivcmdError> {
+        check_domid(dom)?;
+        if hard.len() > MAX_CPUMAP_BYTES || soft.len() > MAX_CPUMAP_BYTES {
+            return Err(PrivcmdError::Invalid("CPU map larger than 32768 CPUs"));
+        }
+        let hard_offset = DATA_OFFSET;
+        let soft_offset = hard_offset + hard.len().next_multiple_of(8);
+        let pages = (soft_offset + soft.len()).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            let mem = buf.memory();
+            mem.write(hard_offset, hard)?;
+            mem.write(soft_offset, soft)?;
+            let bitmap = |offset: usize, map: &[u8]| XenctlBitmap {
+                bitmap: buf.addr() + offset as u64,
+                // Cannot truncate: map.len() <= MAX_CPUMAP_BYTES.
+                nr_bits: (map.len() * 8) as u32,
+                _pad: 0,
+            };
+            let arg = XenDomctlVcpuaffinity {
+                vcpu,
+                flags: flags.bits(),
+                cpumap_hard: bitmap(hard_offset, hard),
+                cpumap_soft: bitmap(soft_offset, soft),
+            };
+            let cmd = if set { XEN_DOMCTL_SETVCPUAFFINITY } else { XEN_DOMCTL_GETVCPUAFFINITY };
+            // SAFETY: both bitmap handles point into `buf`, at
+            // `nr_bits / 8` bytes each, which Xen reads or writes.
+            unsafe { self.domctl_in(buf, &XenDomctl::with_payload(cmd, dom, &arg)) }?;
+            let mut affinity = VcpuAffinity { hard: vec![0; hard.len()], soft: vec![0; soft.len()] };
+            mem.read(hard_offset, &mut affinity.hard)?;
+            mem.read(soft_offset, &mut affinity.soft)?;
+            Ok(affinity)
+        })
+    }
+
+    /// Backs frames of domain `dom` with memory (`XENMEM_populate_physmap`,
+    /// what `xc_domain_populate_physmap_exact` does): one extent of
+    /// `2^extent_order` pages at each guest frame in `extents`, with
+    /// `XENMEMF_*` `mem_flags`.
+    ///
+    /// For a PV domain Xen replaces each entry with the machine frame it
+    /// allocated (the builder's p2m); entries it completed are updated even
+    /// when it stops early, which is [`PrivcmdError::Incomplete`].
+    pub fn populate_physmap(
+        &self,
+        dom: DomId,
+        extent_order: u32,
+        mem_flags: u32,
+        extents: &mut [XenPfn],
+    ) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        let requested = extents.len();
+        let mut done = 0;
+        for chunk in extents.chunks_mut(POPULATE_BATCH) {
+            let completed = self.with_buffer_pages(BULK_PAGES, |buf| {
+                let mem = buf.memory();
+                let reservation = XenMemoryReservation::new(
+                    dom,
+                    buf.addr() + DATA_OFFSET as u64,
+                    chunk.len() as u64,
+                    extent_order,
+                    mem_flags,
+                );
+                mem.write_obj(0, &reservation)?;
+                mem.write(DATA_OFFSET, chunk.as_bytes())?;
+                // SAFETY: a `xen_memory_reservation` is at the start of
+                // `buf`; its extent list points at DATA_OFFSET, where
+                // `chunk.len()` frames (at most POPULATE_BATCH, so within
+                // BULK_PAGES) were written.
+                let ret = unsafe { self.memory_op_in(buf, XENMEM_POPULATE_PHYSMAP, true, "XENMEM_populate_physmap", dom) }?;
+                let completed = usize::try_from(ret).unwrap_or(0).min(chunk.len());
+                mem.read(DATA_OFFSET, chunk[..completed].as_mut_bytes())?;
+                Ok(completed)
+            })?;
+            done += completed;
+            if completed < chunk.len() {
+                return Err(PrivcmdError::Incomplete { op: "XENMEM_populate_physmap", done, requested });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the e820 memory map PVH domain `dom` will read
+    /// (`XENMEM_set_memory_map`).
+    pub fn set_memory_map(&self, dom: DomId, map: &[E820Entry]) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        let bytes = map.as_bytes();
+        if map.is_empty() || bytes.len() > BULK_BYTES {
+            return Err(PrivcmdError::Invalid("e820 map empty or too large"));
+        }
+        let pages = (DATA_OFFSET + bytes.len()).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            let mem = buf.memory();
+            // Cannot truncate: map.len() * 20 <= BULK_BYTES.
+            let arg = XenForeignMemoryMap::new(dom, buf.addr() + DATA_OFFSET as u64, map.len() as u32);
+            mem.write_obj(0, &arg)?;
+            mem.write(DATA_OFFSET, bytes)?;
+            // SAFETY: a `xen_foreign_memory_map` is at the start of `buf`;
+            // its buffer points at the `map.len()` e820 entries written at
+            // DATA_OFFSET.
+            unsafe { self.memory_op_in(buf, XENMEM_SET_MEMORY_MAP, true, "XENMEM_set_memory_map", dom) }.map(drop)
+        })
+    }
+
+    /// The pages domain `dom` holds (`XENMEM_current_reservation`).
+    pub fn current_reservation(&self, dom: DomId) -> Result<u64, PrivcmdError> {
+        self.with_buffer(|buf| {
+            buf.memory().write_obj(0, &XenMemoryDomain { domid: dom })?;
+            // SAFETY: a `xen_memory_domain` (no handles) is at the start of
+            // `buf`.
+            let pages = unsafe { self.memory_op_in(buf, XENMEM_CURRENT_RESERVATION, true, "XENMEM_current_reservation", dom) }?;
+            u64::try_from(pages).map_err(|_| PrivcmdError::Unexpected(format!("negative reservation {pages}")))
+        })
+    }
+
+    /// The highest machine frame with RAM (`XENMEM_maximum_ram_page`).
+    pub fn maximum_ram_page(&self) -> Result<u64, PrivcmdError> {
+        self.with_buffer(|buf| {
+            // SAFETY: XENMEM_maximum_ram_page takes no argument (null).
+            let page = unsafe { self.memory_op_in(buf, XENMEM_MAXIMUM_RAM_PAGE, false, "XENMEM_maximum_ram_page", 0) }?;
+            u64::try_from(page).map_err(|_| PrivcmdError::Unexpected(format!("negative maximum RAM page {page}")))
         })
     }
 
@@ -298,6 +1129,15 @@ impl Privcmd {
             .map_err(|source| PrivcmdError::Map { op: "IOCTL_PRIVCMD_MMAP_RESOURCE", source })?;
         Ok(ForeignMapping { map })
     }
+}
+
+/// Refuses reserved domain ids (`DOMID_SELF` and above) for operations on
+/// a particular domain, which Xen would apply to the caller or reject.
+fn check_domid(dom: DomId) -> Result<(), PrivcmdError> {
+    if dom >= DOMID_FIRST_RESERVED {
+        return Err(PrivcmdError::Invalid("domain id is reserved (DOMID_SELF or above), not a domain"));
+    }
+    Ok(())
 }
 
 /// The information in a successful `XEN_DOMCTL_getdomaininfo` reply, if
@@ -370,6 +1210,115 @@ mod tests {
 
         assert!(matches!(privcmd.domain_info(DOMID_FIRST_RESERVED), Ok(None)));
         assert!(matches!(privcmd.domain_info(u16::MAX), Ok(None)));
+    }
+
+    fn errno(e: i32) -> io::Error {
+        io::Error::from_raw_os_error(e)
+    }
+
+    #[test]
+    fn domctl_eacces_says_the_interface_version_differs() {
+        let err = domctl_error("XEN_DOMCTL_createdomain", 0, errno(libc::EACCES));
+
+        assert!(matches!(err, PrivcmdError::InterfaceVersion { interface: "domctl", version: 0x15, .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("domctl interface is not version 0x15"), "{message}");
+        assert!(message.contains("Xen 4.17"), "{message}");
+        assert_eq!(err.errno(), Some(libc::EACCES));
+    }
+
+    #[test]
+    fn sysctl_eacces_says_the_interface_version_differs() {
+        let err = sysctl_error("XEN_SYSCTL_physinfo", errno(libc::EACCES));
+
+        assert!(matches!(err, PrivcmdError::InterfaceVersion { interface: "sysctl", .. }), "{err:?}");
+        assert!(err.to_string().contains("sysctl interface"), "{err}");
+    }
+
+    #[test]
+    fn domctl_esrch_names_the_missing_domain() {
+        let err = domctl_error("XEN_DOMCTL_pausedomain", 42, errno(libc::ESRCH));
+
+        assert!(err.is_no_such_domain());
+        assert_eq!(err.to_string(), "XEN_DOMCTL_pausedomain failed: there is no domain 42");
+        assert_eq!(err.errno(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn other_hypercall_errors_keep_their_errno() {
+        let domctl = domctl_error("XEN_DOMCTL_max_mem", 3, errno(libc::EINVAL));
+        let memory = memory_op_error("XENMEM_populate_physmap", 3, errno(libc::ENOMEM));
+        let sysctl = sysctl_error("XEN_SYSCTL_readconsole", errno(libc::EPERM));
+
+        assert!(matches!(domctl, PrivcmdError::Hypercall { op: "XEN_DOMCTL_max_mem", .. }));
+        assert_eq!(domctl.errno(), Some(libc::EINVAL));
+        assert_eq!(memory.errno(), Some(libc::ENOMEM));
+        assert_eq!(sysctl.errno(), Some(libc::EPERM));
+        assert!(memory_op_error("XENMEM_set_memory_map", 9, errno(libc::ESRCH)).is_no_such_domain());
+    }
+
+    #[test]
+    fn operation_names_are_the_c_names() {
+        assert_eq!(domctl_name(XEN_DOMCTL_CREATEDOMAIN), "XEN_DOMCTL_createdomain");
+        assert_eq!(domctl_name(XEN_DOMCTL_SETVCPUCONTEXT), "XEN_DOMCTL_setvcpucontext");
+        assert_eq!(domctl_name(9999), "__HYPERVISOR_domctl");
+        assert_eq!(sysctl_name(XEN_SYSCTL_GETDOMAININFOLIST), "XEN_SYSCTL_getdomaininfolist");
+    }
+
+    #[test]
+    fn only_handle_free_domctls_take_the_plain_path() {
+        assert!(domctl_without_handles(XEN_DOMCTL_PAUSEDOMAIN));
+        assert!(domctl_without_handles(XEN_DOMCTL_CREATEDOMAIN));
+        assert!(!domctl_without_handles(XEN_DOMCTL_SETVCPUCONTEXT));
+        assert!(!domctl_without_handles(XEN_DOMCTL_GETVCPUCONTEXT));
+        assert!(!domctl_without_handles(XEN_DOMCTL_SETVCPUAFFINITY));
+        assert!(!domctl_without_handles(XEN_DOMCTL_GETVCPUAFFINITY));
+    }
+
+    fn domains(ids: &[DomId]) -> Vec<XenDomctlGetdomaininfo> {
+        ids.iter().map(|&domain| XenDomctlGetdomaininfo { domain, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn a_full_domain_batch_continues_after_its_last_domain() {
+        let batch = domains(&[0, 3, 7]);
+
+        assert_eq!(next_first_domain(0, &batch, 3).unwrap(), Some(8));
+    }
+
+    #[test]
+    fn a_short_or_empty_domain_batch_ends_the_listing() {
+        assert_eq!(next_first_domain(0, &domains(&[0, 3]), 3).unwrap(), None);
+        assert_eq!(next_first_domain(8, &[], 3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_domain_batch_ending_at_the_last_id_ends_the_listing() {
+        let batch = domains(&[0x7fee, 0x7fef]);
+
+        assert_eq!(next_first_domain(0x7fee, &batch, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn a_domain_batch_out_of_order_is_refused() {
+        assert!(matches!(next_first_domain(5, &domains(&[4, 6]), 2), Err(PrivcmdError::Unexpected(_))));
+        assert!(matches!(next_first_domain(0, &domains(&[6, 6]), 2), Err(PrivcmdError::Unexpected(_))));
+    }
+
+    #[test]
+    fn reserved_domain_ids_are_refused() {
+        assert!(check_domid(0).is_ok());
+        assert!(check_domid(0x7fef).is_ok());
+        assert!(matches!(check_domid(DOMID_FIRST_RESERVED), Err(PrivcmdError::Invalid(_))));
+        assert!(matches!(check_domid(u16::MAX), Err(PrivcmdError::Invalid(_))));
+    }
+
+    #[test]
+    fn incomplete_population_says_how_far_it_got() {
+        let err = PrivcmdError::Incomplete { op: "XENMEM_populate_physmap", done: 10, requested: 12 };
+
+        assert!(err.to_string().starts_with("XENMEM_populate_physmap completed 10 of 12"), "{err}");
+        assert_eq!(err.errno(), None);
     }
 
     #[test]

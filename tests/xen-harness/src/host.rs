@@ -500,26 +500,44 @@ impl XenHost {
     /// `xl create`s a guest from `config`. Any console log left by an
     /// earlier guest of the same name is removed first.
     pub fn xl_create(&mut self, config: &GuestConfig) -> Result<Guest> {
+        self.create_with(config, "xl")
+    }
+
+    /// Creates a guest from `config` with `tool create` (`xl` or the
+    /// project's `rxl`, which take the same file; `tool` is a shell word
+    /// list, e.g. `RUST_LOG=info rxl`), as
+    /// [`XenHost::xl_create`] does.
+    pub fn create_with(&mut self, config: &GuestConfig, tool: &str) -> Result<Guest> {
         let release = self
             .config
             .manifest
             .guest_release(config.kernel)?
             .to_owned();
         let text = config.render(&release);
-        log::debug!("xl create {}:\n{text}", config.name);
+        log::debug!("{tool} create {}:\n{text}", config.name);
         let cfg_path = format!("{}/{}.cfg", dom0_paths::CONFIG_DIR, config.name);
         let script = format!(
             "set -e; mkdir -p {dir}; cat > {cfg}\n\
              rm -f {log}\n\
              date +%s.%N\n\
-             xl create {cfg} >&2\n",
+             {tool} create {cfg} >&2\n",
             dir = shell_quote(dom0_paths::CONFIG_DIR),
             cfg = shell_quote(&cfg_path),
             log = shell_quote(&console_log_path(&config.name)),
+            tool = tool,
         );
-        let out = self.run_ok_with(&script, text.as_bytes(), STEP_TIMEOUT)?;
-        let created_at = first_f64(&out)?;
-        log::info!("created {} ({:?}, {release})", config.name, config.kind);
+        let out = self.run_with(&script, text.as_bytes(), STEP_TIMEOUT)?;
+        for line in out.stderr.lines() {
+            log::info!("{tool} create {}: {line}", config.name);
+        }
+        if !out.success() {
+            return Err(Error::Check(format!(
+                "{tool} create {} exited with status {}: {}",
+                config.name, out.status, out.stderr
+            )));
+        }
+        let created_at = first_f64(&out.stdout)?;
+        log::info!("{tool} created {} ({:?}, {release})", config.name, config.kind);
         Ok(Guest {
             name: config.name.clone(),
             release,

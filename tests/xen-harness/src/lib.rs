@@ -53,6 +53,6 @@ pub mod manifest;
 
 pub use agent::Output;
 pub use error::{Error, Result};
-pub use guest::{dom0_paths, Domain, Guest, GuestConfig, GuestKind, GuestLine};
+pub use guest::{dom0_paths, guest_kernel_path, Domain, Guest, GuestConfig, GuestKind, GuestLine};
 pub use host::{project_binary, target_dir, Dom0Job, FileSource, HostConfig, Timings, XenHost};
 pub use manifest::{GuestKernel, Manifest};

@@ -156,6 +156,50 @@ const _: () = assert!(core::mem::offset_of!(XenMemoryReservation, extent_order) 
 const _: () = assert!(core::mem::offset_of!(XenMemoryReservation, mem_flags) == 20);
 const _: () = assert!(core::mem::offset_of!(XenMemoryReservation, domid) == 24);
 
+impl XenMemoryReservation {
+    /// A reservation request for `domid`: `nr_extents` extents of
+    /// `2^extent_order` pages each, listed (as [`XenPfn`]s) at
+    /// `extent_start`, with `XENMEMF_*` `mem_flags`.
+    ///
+    /// For `XENMEM_populate_physmap` the list holds the first guest frame
+    /// of each extent; Xen backs them with memory and, for a PV domain,
+    /// writes back the machine frame it chose for each (what a PV builder
+    /// keeps as the guest's p2m). Xen returns the number of extents it
+    /// completed, which may be fewer than asked.
+    pub const fn new(
+        domid: DomId,
+        extent_start: GuestHandle,
+        nr_extents: XenUlong,
+        extent_order: u32,
+        mem_flags: u32,
+    ) -> Self {
+        Self {
+            extent_start,
+            nr_extents,
+            extent_order,
+            mem_flags,
+            domid,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// The argument of `XENMEM_current_reservation`,
+/// `XENMEM_maximum_reservation` and `XENMEM_maximum_gpfn`: the domain
+/// asked about (may be [`DOMID_SELF`](super::DOMID_SELF)). Xen returns the
+/// answer, in pages or a frame number, as the hypercall's result.
+#[doc(alias = "xen_memory_domain")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XenMemoryDomain {
+    /// IN: the domain.
+    pub domid: DomId,
+}
+const _: () = assert!(core::mem::size_of::<XenMemoryDomain>() == 2);
+const _: () = assert!(core::mem::offset_of!(XenMemoryDomain, domid) == 0);
+
 /// `XENMAPSPACE_shared_info`: the shared info page.
 pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
 /// `XENMAPSPACE_grant_table`: a grant table frame.
@@ -268,6 +312,23 @@ pub struct XenForeignMemoryMap {
 const _: () = assert!(core::mem::size_of::<XenForeignMemoryMap>() == 24);
 const _: () = assert!(core::mem::offset_of!(XenForeignMemoryMap, domid) == 0);
 const _: () = assert!(core::mem::offset_of!(XenForeignMemoryMap, map) == 8);
+
+impl XenForeignMemoryMap {
+    /// `XENMEM_set_memory_map`'s argument: `domid`'s e820 map is the
+    /// `nr_entries` [`E820Entry`]s at `buffer` (a PVH guest reads it with
+    /// `XENMEM_memory_map`; Xen refuses more than its `E820MAX` entries).
+    pub const fn new(domid: DomId, buffer: GuestHandle, nr_entries: u32) -> Self {
+        Self {
+            domid,
+            _pad: [0; 6],
+            map: XenMemoryMap {
+                nr_entries,
+                _pad: [0; 4],
+                buffer,
+            },
+        }
+    }
+}
 
 /// e820 type: usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -388,5 +449,34 @@ mod tests {
 
         assert_eq!(bytes.len(), 20);
         assert_eq!(&bytes[16..], &1u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn populate_physmap_request_is_the_c_header_layout() {
+        let reservation = XenMemoryReservation::new(7, 0x7f00_0000_2000, 512, 9, xenmemf_node(1));
+
+        let bytes = reservation.as_bytes();
+
+        assert_eq!(
+            &bytes[0..8],
+            &0x7f00_0000_2000u64.to_le_bytes(),
+            "extent_start"
+        );
+        assert_eq!(&bytes[8..16], &512u64.to_le_bytes(), "nr_extents");
+        assert_eq!(&bytes[16..20], &9u32.to_le_bytes(), "extent_order");
+        assert_eq!(&bytes[20..24], &0x200u32.to_le_bytes(), "mem_flags");
+        assert_eq!(&bytes[24..26], &7u16.to_le_bytes(), "domid");
+    }
+
+    #[test]
+    fn set_memory_map_request_is_the_c_header_layout() {
+        let map = XenForeignMemoryMap::new(3, 0x5000, 4);
+
+        let bytes = map.as_bytes();
+
+        assert_eq!(&bytes[0..2], &3u16.to_le_bytes(), "domid");
+        assert_eq!(&bytes[8..12], &4u32.to_le_bytes(), "map.nr_entries");
+        assert_eq!(&bytes[16..24], &0x5000u64.to_le_bytes(), "map.buffer");
+        assert_eq!(XenMemoryDomain { domid: 3 }.as_bytes(), &[3, 0]);
     }
 }

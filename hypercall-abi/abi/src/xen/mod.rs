@@ -5,6 +5,7 @@
 //! offsets are asserted at compile time against the C layout, and
 //! `tests/c_layout.rs` checks them again against Debian's `libxen-dev`.
 
+pub mod arch_x86;
 pub mod blkif;
 pub mod console;
 pub mod domctl;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod netif;
 pub mod sched;
 pub mod start_info;
+pub mod sysctl;
 pub mod xenbus;
 pub mod xs_wire;
 

@@ -1,0 +1,423 @@
+//! rxl, the project's xl-compatible toolstack, on the real Xen test host
+//! with rxenstored as the store.
+//!
+//! - rxl reads the host as xl does: `rxl list`, `info`, `dmesg` and
+//!   `uptime` print what `xl` prints (less the columns that move with time:
+//!   CPU seconds, free memory).
+//! - rxl controls a guest `xl` created (a 6.12 PV guest): `list`,
+//!   `vcpu-list`, `pause`/`unpause` (seen by `xl list`), `mem-set` (the
+//!   target in the store), `block-attach` of a disk the project's rblkback
+//!   serves (the guest reads the file's known bytes), `block-list`,
+//!   `block-detach` (the guest's disk goes, rblkback exits),
+//!   `network-attach` of a vif rnetback serves on xenbr0 (the guest sees
+//!   the MAC asked for; dom0 the TAP on the bridge), `network-list`,
+//!   `network-detach`, then `shutdown -w` (the guest powers off) and, for
+//!   a second guest, `destroy` (gone from `xl list` and the store).
+//!
+//! - `rxl create` builds guests itself (the project's domain builder,
+//!   through privcmd) from xl.cfg files: a 6.1 and a 6.12 PV guest at
+//!   once, each with the test disk served by rblkback (the guest checks a
+//!   known file's SHA-256) and a vif served by rnetback (dom0 pings the
+//!   guest); `xl list` shows them as `rxl list` does; `rxl destroy` removes
+//!   them, their store directories and their backend processes. The time
+//!   from create to the guest's userspace is measured for rxl and for xl
+//!   with the same configuration.
+//! - Malformed configurations, a missing kernel, too little memory and a
+//!   duplicate name fail with clear errors and leave the host as it was.
+//!
+//! One host boot serves every check.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use xen_harness::cpio::Archive;
+use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost};
+use xen_scenarios::{boot, ensure, init_logging, Figures};
+
+/// Time allowed for guests to reach userspace and react (emulation).
+const GUEST_WAIT: Duration = Duration::from_secs(300);
+
+/// The guest's side: waits for a disk `xvdb` to come and go, then for a
+/// vif `eth0`, printing what it sees.
+const GUEST_DEVICES: &str = r#"#!/bin/sh
+wait_for() { i=0; while ! eval "$1" && [ $i -lt 1500 ]; do sleep 0.2; i=$((i + 1)); done; }
+wait_for '[ -b /dev/xvdb ]'
+echo "RXEN-RXL disk sectors=$(cat /sys/block/xvdb/size) data=$(dd if=/dev/xvdb bs=16 count=1 2>/dev/null)"
+wait_for '[ ! -b /dev/xvdb ]'
+echo "RXEN-RXL disk-gone"
+wait_for '[ -e /sys/class/net/eth0 ]'
+echo "RXEN-RXL nic mac=$(cat /sys/class/net/eth0/address)"
+wait_for '[ ! -e /sys/class/net/eth0 ]'
+echo "RXEN-RXL nic-gone"
+"#;
+
+/// The guest's `/sbin/poweroff`, which the kernel runs when asked to shut
+/// down (`orderly_poweroff`): the test init is no init that busybox's
+/// poweroff could signal.
+const GUEST_POWEROFF: &str = "#!/bin/sh\necho RXEN-RXL poweroff >/dev/console\nexec busybox poweroff -f\n";
+
+// Boots Xen under QEMU: run by `make test-xen` (release, after `make
+// xen-host`); `make test-unit` excludes this crate.
+#[test]
+fn rxl_drives_xen() {
+    init_logging();
+    let suite = Instant::now();
+    let mut figures = Figures::default();
+    let config = HostConfig::new("rxl")
+        .expect("the Xen test host is built (make xen-host)")
+        .with_rxenstored()
+        .and_then(|c| c.with_project_binary("rxl"))
+        .and_then(|c| c.with_project_binary("rblkback"))
+        .and_then(|c| c.with_project_binary("rnetback"))
+        .expect("project binaries are built (cargo build --release --workspace --bins)");
+    let mut host = boot(config, &mut figures).expect("the Xen test host boots with rxenstored");
+
+    let mut failures = Vec::new();
+    let r = host.scenario("rxl reads the host as xl does", host_views);
+    if let Err(e) = r {
+        failures.push(format!("host views: {e}"));
+    }
+    let r = host.scenario("rxl controls guests xl created, and their devices", |h| {
+        control(h, &mut figures)
+    });
+    if let Err(e) = r {
+        failures.push(format!("control: {e}"));
+        if let Ok(log) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/rnetback-*.log") {
+            failures.push(format!("backend logs:\n{}", log.stdout));
+        }
+    }
+    let r = host.scenario("rxl create builds 6.1 and 6.12 PV guests with rblkback and rnetback devices", |h| {
+        create(h, &mut figures)
+    });
+    if let Err(e) = r {
+        failures.push(format!("create: {e}"));
+        if let Ok(log) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/rnetback-*.log /var/log/xen/rxl*.log") {
+            failures.push(format!("logs:\n{}", log.stdout));
+        }
+    }
+    let r = host.scenario("rxl create refuses bad configurations and leaves the host clean", refusals);
+    if let Err(e) = r {
+        failures.push(format!("refusals: {e}"));
+    }
+    if let Err(e) = host.shutdown() {
+        failures.push(format!("shutdown: {e}"));
+    }
+    figures.record("whole suite", suite.elapsed());
+    println!("\nrxl figures:\n{}", figures.table());
+    assert!(failures.is_empty(), "failed checks:\n{}", failures.join("\n"));
+}
+
+/// `xl list`-style lines without their last column (CPU seconds).
+fn without_time(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| match l.trim_end().rsplit_once(char::is_whitespace) {
+            Some((rest, _)) if !l.starts_with("Name") => rest.trim_end().to_owned(),
+            _ => l.trim_end().to_owned(),
+        })
+        .collect()
+}
+
+/// `xl info`'s `key : value` lines, less those that move by themselves.
+fn info_lines(text: &str) -> Vec<String> {
+    const MOVING: [&str; 5] = [
+        "free_memory",
+        "outstanding_claims",
+        "sharing_freed_memory",
+        "sharing_used_memory",
+        "free_cpus",
+    ];
+    text.lines()
+        .filter(|l| {
+            let key = l.split(':').next().unwrap_or("").trim();
+            !MOVING.contains(&key)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn same(what: &str, rxl: &[String], xl: &[String]) -> Result<()> {
+    ensure(
+        rxl == xl,
+        format!("{what}: rxl printed\n{}\nxl printed\n{}", rxl.join("\n"), xl.join("\n")),
+    )
+}
+
+fn host_views(h: &mut XenHost) -> Result<()> {
+    let rxl = h.run_ok("rxl list")?;
+    let xl = h.run_ok("xl list")?;
+    same("list", &without_time(&rxl), &without_time(&xl))?;
+
+    let rxl = h.run_ok("rxl info")?;
+    let xl = h.run_ok("xl info")?;
+    same("info", &info_lines(&rxl), &info_lines(&xl))?;
+
+    // Xen may log between the two reads: rxl's ring is where xl's starts.
+    let rxl = h.run_ok("rxl dmesg")?;
+    let xl = h.run_ok("xl dmesg")?;
+    ensure(
+        !rxl.is_empty() && xl.starts_with(&rxl),
+        format!("dmesg: rxl printed {} bytes that do not start xl's {}", rxl.len(), xl.len()),
+    )?;
+
+    let rxl = h.run_ok("rxl uptime")?;
+    let xl = h.run_ok("xl uptime")?;
+    let head = |t: &str| {
+        t.lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    ensure(
+        head(&rxl) == head(&xl),
+        format!("uptime: rxl printed\n{rxl}\nxl printed\n{xl}"),
+    )?;
+    Ok(())
+}
+
+fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange: two held 6.12 PV guests from xl, the first watching for
+    // devices; a disk image with known first bytes.
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/50-devices", 0o755, GUEST_DEVICES.as_bytes());
+    overlay.file("/sbin/poweroff", 0o755, GUEST_POWEROFF.as_bytes());
+    let initrd = h.guest_initrd_with("rxl", overlay)?;
+    let first = GuestConfig::new("rxl-pv", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd)
+        .hold();
+    let second = GuestConfig::new("rxl-pv-2", GuestKind::Pv, GuestKernel::Linux612).hold();
+    let g = h.xl_create(&first)?;
+    let g2 = h.xl_create(&second)?;
+    h.wait_guest_up(&g, GUEST_WAIT)?;
+    h.wait_guest_up(&g2, GUEST_WAIT)?;
+    let d = h.domid("rxl-pv")?;
+    h.run_ok(
+        "set -e; printf 'RXL-KNOWN-BYTES!' > /tmp/rxl-disk.img; \
+         truncate -s 64M /tmp/rxl-disk.img\n",
+    )?;
+
+    // Act and assert, command by command.
+    let rxl = h.run_ok("rxl list rxl-pv")?;
+    let xl = h.run_ok("xl list rxl-pv")?;
+    same("list one", &without_time(&rxl), &without_time(&xl))?;
+
+    let vcpus = |t: &str| {
+        t.lines()
+            .map(|l| {
+                // Name ID VCPU CPU State Time Affinity: CPU, state and
+                // time move with the scheduler.
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if l.starts_with("Name") || f.len() < 7 {
+                    l.split_whitespace().collect::<Vec<_>>().join(" ")
+                } else {
+                    [&f[..3], &f[6..]].concat().join(" ")
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let rxl = h.run_ok("rxl vcpu-list rxl-pv")?;
+    let xl = h.run_ok("xl vcpu-list rxl-pv")?;
+    same("vcpu-list", &vcpus(&rxl), &vcpus(&xl))?;
+
+    h.run_ok("rxl pause rxl-pv")?;
+    let paused = h.run_ok("xl list rxl-pv | tail -n 1 | awk '{print $5}'")?;
+    h.run_ok("rxl unpause rxl-pv")?;
+    let running = h.run_ok("xl list rxl-pv | tail -n 1 | awk '{print $5}'")?;
+    ensure(
+        paused.contains('p') && !running.contains('p'),
+        format!("xl's state after rxl pause {paused:?}, after unpause {running:?}"),
+    )?;
+
+    h.run_ok("rxl mem-set rxl-pv 200m")?;
+    let target = h.run_ok(&format!("xenstore-read /local/domain/{d}/memory/target"))?;
+    ensure(
+        target.trim() == "204800",
+        format!("memory/target after mem-set 200m: {target:?}"),
+    )?;
+
+    let start = Instant::now();
+    h.run_ok("rxl block-attach rxl-pv format=raw,vdev=xvdb,access=rw,target=/tmp/rxl-disk.img")?;
+    let seen = h.wait_guest_line(&g, "RXEN-RXL disk sectors=", GUEST_WAIT)?;
+    figures.record("block-attach to the guest's disk", start.elapsed());
+    ensure(
+        seen.line.contains("sectors=131072") && seen.line.contains("data=RXL-KNOWN-BYTES!"),
+        format!("the guest's view of the attached disk: {}", seen.line),
+    )?;
+    let list = h.run_ok("rxl block-list rxl-pv")?;
+    // xvdb is device 51728 (202 << 8 | 16); state 4 is Connected.
+    ensure(
+        list.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&"51728") && f.get(1) == Some(&"0") && f.get(3) == Some(&"4")
+        }),
+        format!("block-list:\n{list}"),
+    )?;
+    h.run_ok("rxl block-detach rxl-pv xvdb")?;
+    h.wait_guest_line(&g, "RXEN-RXL disk-gone", GUEST_WAIT)?;
+    h.run_ok(&format!(
+        "for i in $(seq 1 100); do pgrep -f 'rblkback.*--domid {d} ' >/dev/null || exit 0; sleep 0.1; done; \
+         echo 'rblkback still runs after block-detach' >&2; exit 1"
+    ))?;
+    let list = h.run_ok("rxl block-list rxl-pv")?;
+    ensure(!list.contains("51728"), format!("block-list after detach:\n{list}"))?;
+
+    let start = Instant::now();
+    h.run_ok("rxl network-attach rxl-pv bridge=xenbr0,mac=00:16:3e:52:01:01")?;
+    let seen = h.wait_guest_line(&g, "RXEN-RXL nic mac=", GUEST_WAIT)?;
+    figures.record("network-attach to the guest's eth0", start.elapsed());
+    ensure(
+        seen.line.contains("mac=00:16:3e:52:01:01"),
+        format!("the guest's view of the attached vif: {}", seen.line),
+    )?;
+    let bridge = h.run_ok(&format!("ip -o link show vif{d}.0"))?;
+    ensure(bridge.contains("master xenbr0"), format!("dom0's TAP: {bridge}"))?;
+    let list = h.run_ok("rxl network-list rxl-pv")?;
+    ensure(
+        list.lines().any(|l| l.split_whitespace().next() == Some("0") && l.contains("00:16:3e:52:01:01")),
+        format!("network-list:\n{list}"),
+    )?;
+    h.run_ok("rxl network-detach rxl-pv 0")?;
+    h.wait_guest_line(&g, "RXEN-RXL nic-gone", GUEST_WAIT)?;
+
+    let start = Instant::now();
+    h.run_ok_with("rxl shutdown -w rxl-pv", &[], GUEST_WAIT)?;
+    h.wait_guest_line(&g, "RXEN-RXL poweroff", Duration::from_secs(30))?;
+    figures.record("shutdown -w", start.elapsed());
+    h.run_ok(
+        "for i in $(seq 1 300); do xl domid rxl-pv >/dev/null 2>&1 || exit 0; sleep 0.1; done; \
+         echo 'rxl-pv still listed after shutdown' >&2; exit 1",
+    )?;
+
+    let d2 = h.domid("rxl-pv-2")?;
+    h.run_ok("rxl destroy rxl-pv-2")?;
+    let left = h.run_ok(&format!(
+        "xl list | grep -c rxl-pv-2; xenstore-exists /local/domain/{d2} && echo store-left; true"
+    ))?;
+    ensure(
+        left.trim() == "0",
+        format!("after rxl destroy, xl list/xenstore still show rxl-pv-2: {left:?}"),
+    )?;
+    Ok(())
+}
+
+fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange
+    let want = h.manifest().guest_disk_sha256()?.to_owned();
+    let guests = [
+        ("rxl-new-61", GuestKernel::Linux61, "192.168.200.61/24"),
+        ("rxl-new-612", GuestKernel::Linux612, "192.168.200.62/24"),
+    ];
+    let before = h.run_ok("rxl list | wc -l")?;
+
+    // Act: both guests from rxl, then the same 6.12 configuration from xl
+    // for the time to userspace.
+    let mut created = Vec::new();
+    for (name, kernel, address) in guests {
+        let config = GuestConfig::new(name, GuestKind::Pv, kernel)
+            .with_test_disk("xvdb")
+            .with_network(address)
+            .hold();
+        created.push((h.create_with(&config, "rxl")?, address));
+    }
+    let mut up = Vec::new();
+    for (g, _) in &created {
+        up.push(h.wait_guest_up(g, GUEST_WAIT)?);
+    }
+    let baseline = GuestConfig::new("xl-new-612", GuestKind::Pv, GuestKernel::Linux612).hold();
+    let b = h.xl_create(&baseline)?;
+    let (_, xl_up) = h.wait_guest_up(&b, GUEST_WAIT)?;
+    h.xl_destroy("xl-new-612")?;
+    let rxl_alone = {
+        let config = GuestConfig::new("rxl-new-612b", GuestKind::Pv, GuestKernel::Linux612).hold();
+        let g = h.create_with(&config, "RUST_LOG=info rxl")?;
+        let (_, t) = h.wait_guest_up(&g, GUEST_WAIT)?;
+        h.run_ok("rxl destroy rxl-new-612b")?;
+        t
+    };
+    figures.record("xl create to guest userspace (6.12 PV)", xl_up);
+    figures.record("rxl create to guest userspace (6.12 PV)", rxl_alone);
+    figures.note(
+        "rxl / xl, create to userspace",
+        format!("{:.2}x", rxl_alone.as_secs_f64() / xl_up.as_secs_f64()),
+    );
+
+    // Assert: the guests run their kernels, see the disk and the network.
+    for ((g, address), (release, since)) in created.iter().zip(&up) {
+        ensure(*release == g.release, format!("{} runs {release}, not {}", g.name, g.release))?;
+        log::info!("{} reached userspace {:.1} s after rxl create", g.name, since.as_secs_f64());
+        let disk = h.wait_guest_line(g, "RXEN-DISK-SHA256 xvdb", GUEST_WAIT)?;
+        ensure(
+            disk.line.ends_with(&want),
+            format!("{}: the rblkback disk's known file: {} (want {want})", g.name, disk.line),
+        )?;
+        h.wait_guest_line(g, "RXEN-NET-UP eth0", GUEST_WAIT)?;
+        let ip = address.split('/').next().unwrap_or_default();
+        h.run_ok(&format!("busybox ping -c 3 -W 5 {ip} >/dev/null"))?;
+    }
+    let rxl = h.run_ok("rxl list")?;
+    let xl = h.run_ok("xl list")?;
+    same("list with rxl's guests", &without_time(&rxl), &without_time(&xl))?;
+    for (name, _, _) in guests {
+        ensure(
+            xl.lines().any(|l| l.starts_with(name) && l.split_whitespace().nth(2) == Some("256")),
+            format!("xl list does not show {name} with 256 MiB:\n{xl}"),
+        )?;
+    }
+
+    // rxl destroy leaves nothing of them.
+    for (name, _, _) in guests {
+        let d = h.domid(name)?;
+        h.run_ok(&format!("rxl destroy {name}"))?;
+        let left = h.run_ok(&format!(
+            "xl domid {name} 2>/dev/null; xenstore-exists /local/domain/{d} && echo store-left; \
+             sleep 1; pgrep -f 'r(blk|net)back.*--domid {d} ' && echo backend-left; true"
+        ))?;
+        ensure(left.trim().is_empty(), format!("after rxl destroy {name}: {left:?}"))?;
+    }
+    let after = h.run_ok("rxl list | wc -l")?;
+    ensure(before == after, format!("rxl list had {before} lines before, {after} after"))?;
+    Ok(())
+}
+
+fn refusals(h: &mut XenHost) -> Result<()> {
+    let release = h.manifest().guest_release(GuestKernel::Linux612)?.to_owned();
+    let kernel = xen_harness::guest_kernel_path(&release);
+    let state = |h: &mut XenHost| -> Result<String> {
+        h.run_ok("xl list | awk '{print $1, $2}'; xenstore-list /local/domain; ls /var/run/rxl 2>/dev/null; true")
+    };
+    let before = state(h)?;
+    // (config, words the error must contain)
+    let cases = [
+        (
+            "name = \"bad-syntax\"\nmemory = [ 1,\n".to_owned(),
+            vec!["bad.cfg:", "syntax"],
+        ),
+        (
+            format!("name = \"bad-mem\"\nkernel = \"{kernel}\"\nmemory = \"lots\"\n"),
+            vec!["bad.cfg:3", "memory"],
+        ),
+        (
+            "name = \"no-kernel\"\nkernel = \"/nonexistent/vmlinuz\"\nmemory = 128\n".to_owned(),
+            vec!["/nonexistent/vmlinuz"],
+        ),
+        (
+            format!("name = \"tiny\"\nkernel = \"{kernel}\"\nmemory = 4\n"),
+            vec!["memory"],
+        ),
+        (
+            format!("name = \"Domain-0\"\nkernel = \"{kernel}\"\nmemory = 128\n"),
+            vec!["Domain-0", "already exists"],
+        ),
+    ];
+    for (config, words) in cases {
+        h.put_file("/tmp/bad.cfg", config.as_bytes(), 0o644)?;
+        let out = h.run("rxl create /tmp/bad.cfg")?;
+        let said = format!("{}{}", out.stdout, out.stderr);
+        ensure(
+            !out.success() && words.iter().all(|w| said.contains(w)),
+            format!("rxl create of\n{config}\nexited {} saying:\n{said}", out.status),
+        )?;
+        let now = state(h)?;
+        ensure(now == before, format!("after a refused create the host changed:\n{before}\n->\n{now}"))?;
+    }
+    Ok(())
+}
