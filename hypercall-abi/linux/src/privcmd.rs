@@ -37,6 +37,9 @@ use hypercall_abi::xen::sysctl::{
     XenSysctlSchedId, GETDOMAININFO_RECORD_SIZE, XEN_SYSCTL_GETCPUINFO, XEN_SYSCTL_GETDOMAININFOLIST,
     XEN_SYSCTL_INTERFACE_VERSION, XEN_SYSCTL_PHYSINFO, XEN_SYSCTL_READCONSOLE, XEN_SYSCTL_SCHED_ID,
 };
+use hypercall_abi::xen::domctl::{XenDomctlHvmcontext, XEN_DOMCTL_GETHVMCONTEXT, XEN_DOMCTL_SETHVMCONTEXT};
+use hypercall_abi::xen::hvm::{XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
+use hypercall_abi::xen::hypercall::HYPERVISOR_HVM_OP;
 use hypercall_abi::xen::{DomId, EvtchnPort, DOMID_FIRST_RESERVED, PAGE_SIZE};
 use memmap2::{Advice, MmapOptions, MmapRaw};
 use zerocopy::IntoBytes;
@@ -1131,6 +1134,128 @@ impl Privcmd {
     }
 }
 
+/// Largest HVM context [`Privcmd::hvm_context`] accepts (16 MiB; a domain
+/// with 128 vCPUs saves well under 2 MiB).
+const MAX_HVM_CONTEXT: usize = 16 << 20;
+
+/// HVM and PVH domains: their parameters (`__HYPERVISOR_hvm_op`) and saved
+/// state (`XEN_DOMCTL_{get,set}hvmcontext`), what libxenguest uses to build
+/// them.
+impl Privcmd {
+    /// Writes `domctl` at the start of `buf`, issues it and returns the
+    /// structure as Xen left it; failures are reported as operation `op`.
+    ///
+    /// # Safety
+    /// As [`Privcmd::domctl_in`].
+    unsafe fn domctl_named(
+        &self,
+        buf: &HypercallBuffer,
+        domctl: &XenDomctl,
+        op: &'static str,
+    ) -> Result<XenDomctl, PrivcmdError> {
+        let mem = buf.memory();
+        mem.write_obj(0, domctl)?;
+        let args = [buf.addr(), 0, 0, 0, 0];
+        // SAFETY: __HYPERVISOR_domctl takes one `xen_domctl`, which Xen
+        // reads and writes back in the hypercall buffer at `buf.addr()`;
+        // the handles in its union are valid for the operation (caller).
+        unsafe { self.hypercall(HYPERVISOR_DOMCTL, args) }.map_err(|source| domctl_error(op, domctl.domain, source))?;
+        Ok(mem.read_obj(0)?)
+    }
+
+    /// Issues `HVMOP_set_param` or `HVMOP_get_param` for parameter `index`
+    /// of domain `dom` and returns the parameter's value as Xen left it.
+    fn hvm_param_op(&self, cmd: u32, dom: DomId, index: u32, value: u64) -> Result<u64, PrivcmdError> {
+        check_domid(dom)?;
+        let op = if cmd == HVMOP_SET_PARAM { "HVMOP_set_param" } else { "HVMOP_get_param" };
+        self.with_buffer(|buf| {
+            let mem = buf.memory();
+            mem.write_obj(0, &XenHvmParam { domid: dom, pad: 0, index, value })?;
+            let args = [u64::from(cmd), buf.addr(), 0, 0, 0];
+            // SAFETY: HVMOP_{set,get}_param take one `xen_hvm_param`, which
+            // Xen reads and (for get) writes in the hypercall buffer at
+            // `buf.addr()`.
+            unsafe { self.hypercall(HYPERVISOR_HVM_OP, args) }.map_err(|source| match source.raw_os_error() {
+                Some(libc::ESRCH) => PrivcmdError::NoSuchDomain { op, dom },
+                _ => PrivcmdError::Hypercall { op, source },
+            })?;
+            let reply: XenHvmParam = mem.read_obj(0)?;
+            Ok(reply.value)
+        })
+    }
+
+    /// Sets parameter `index` (`HVM_PARAM_*`) of HVM or PVH domain `dom`
+    /// to `value` (`HVMOP_set_param`, `xc_hvm_param_set`).
+    pub fn set_hvm_param(&self, dom: DomId, index: u32, value: u64) -> Result<(), PrivcmdError> {
+        self.hvm_param_op(HVMOP_SET_PARAM, dom, index, value).map(drop)
+    }
+
+    /// Parameter `index` (`HVM_PARAM_*`) of HVM or PVH domain `dom`
+    /// (`HVMOP_get_param`, `xc_hvm_param_get`).
+    pub fn hvm_param(&self, dom: DomId, index: u32) -> Result<u64, PrivcmdError> {
+        self.hvm_param_op(HVMOP_GET_PARAM, dom, index, 0)
+    }
+
+    /// The saved state of HVM or PVH domain `dom` as HVM save records
+    /// (`XEN_DOMCTL_gethvmcontext`, what `xc_domain_hvm_getcontext` does
+    /// twice: once for the size, once for the records). Xen pauses the
+    /// domain while it saves.
+    pub fn hvm_context(&self, dom: DomId) -> Result<Vec<u8>, PrivcmdError> {
+        const OP: &str = "XEN_DOMCTL_gethvmcontext";
+        check_domid(dom)?;
+        let query = XenDomctlHvmcontext { size: 0, _pad: 0, buffer: 0 };
+        let size = self.with_buffer(|buf| {
+            let domctl = XenDomctl::with_payload(XEN_DOMCTL_GETHVMCONTEXT, dom, &query);
+            // SAFETY: the buffer handle is null, which asks Xen for the
+            // size only; Xen touches nothing but the domctl.
+            let reply = unsafe { self.domctl_named(buf, &domctl, OP) }?;
+            Ok(reply.payload::<XenDomctlHvmcontext>().size as usize)
+        })?;
+        if size == 0 || size > MAX_HVM_CONTEXT {
+            return Err(PrivcmdError::Unexpected(format!("{OP} asks for a buffer of {size} bytes")));
+        }
+        let pages = (DATA_OFFSET + size).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            // Cannot truncate: size <= MAX_HVM_CONTEXT.
+            let arg = XenDomctlHvmcontext { size: size as u32, _pad: 0, buffer: buf.addr() + DATA_OFFSET as u64 };
+            let domctl = XenDomctl::with_payload(XEN_DOMCTL_GETHVMCONTEXT, dom, &arg);
+            // SAFETY: the handle points at DATA_OFFSET in `buf`, followed by
+            // the `size` bytes (within `pages`) the request says Xen may
+            // write.
+            let reply = unsafe { self.domctl_named(buf, &domctl, OP) }?;
+            let used = reply.payload::<XenDomctlHvmcontext>().size as usize;
+            if used > size {
+                return Err(PrivcmdError::Unexpected(format!("{OP} filled {used} bytes of a {size}-byte buffer")));
+            }
+            let mut records = vec![0; used];
+            buf.memory().read(DATA_OFFSET, &mut records)?;
+            Ok(records)
+        })
+    }
+
+    /// Loads HVM save records `records` into HVM or PVH domain `dom`
+    /// (`XEN_DOMCTL_sethvmcontext`, `xc_domain_hvm_setcontext`): they must
+    /// start with the header record and end with the end record. Xen
+    /// pauses the domain while it loads.
+    pub fn set_hvm_context(&self, dom: DomId, records: &[u8]) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        if records.is_empty() || records.len() > MAX_HVM_CONTEXT {
+            return Err(PrivcmdError::Invalid("HVM context empty or larger than 16 MiB"));
+        }
+        let pages = (DATA_OFFSET + records.len()).div_ceil(PAGE_SIZE);
+        self.with_buffer_pages(pages, |buf| {
+            buf.memory().write(DATA_OFFSET, records)?;
+            // Cannot truncate: records.len() <= MAX_HVM_CONTEXT.
+            let arg =
+                XenDomctlHvmcontext { size: records.len() as u32, _pad: 0, buffer: buf.addr() + DATA_OFFSET as u64 };
+            let domctl = XenDomctl::with_payload(XEN_DOMCTL_SETHVMCONTEXT, dom, &arg);
+            // SAFETY: the handle points at the `records.len()` bytes just
+            // written at DATA_OFFSET in `buf`, which Xen reads.
+            unsafe { self.domctl_named(buf, &domctl, "XEN_DOMCTL_sethvmcontext") }.map(drop)
+        })
+    }
+}
+
 /// Refuses reserved domain ids (`DOMID_SELF` and above) for operations on
 /// a particular domain, which Xen would apply to the caller or reject.
 fn check_domid(dom: DomId) -> Result<(), PrivcmdError> {
@@ -1319,6 +1444,33 @@ mod tests {
 
         assert!(err.to_string().starts_with("XENMEM_populate_physmap completed 10 of 12"), "{err}");
         assert_eq!(err.errno(), None);
+    }
+
+    #[test]
+    fn hvm_context_requests_put_size_and_buffer_at_the_c_offsets() {
+        let arg = XenDomctlHvmcontext { size: 0x1234, _pad: 0, buffer: 0x7f00_0000_1100 };
+
+        let domctl = XenDomctl::with_payload(XEN_DOMCTL_SETHVMCONTEXT, 6, &arg);
+        let bytes = domctl.as_bytes();
+
+        // xen_domctl: cmd at 0, domain at 8, union at 16; in the union
+        // (xen_domctl_hvmcontext) size at 0 and buffer at 8.
+        assert_eq!(&bytes[0..4], &34u32.to_le_bytes());
+        assert_eq!(&bytes[8..10], &6u16.to_le_bytes());
+        assert_eq!(&bytes[16..20], &0x1234u32.to_le_bytes());
+        assert_eq!(&bytes[24..32], &0x7f00_0000_1100u64.to_le_bytes());
+        assert_eq!(XEN_DOMCTL_GETHVMCONTEXT, 33);
+    }
+
+    #[test]
+    fn hvm_operations_refuse_reserved_domains_and_bad_contexts_before_xen() {
+        let Ok(privcmd) = Privcmd::open() else {
+            return; // Needs only the handle, but that needs Xen.
+        };
+
+        assert!(matches!(privcmd.set_hvm_param(DOMID_FIRST_RESERVED, 1, 0), Err(PrivcmdError::Invalid(_))));
+        assert!(matches!(privcmd.hvm_context(DOMID_FIRST_RESERVED), Err(PrivcmdError::Invalid(_))));
+        assert!(matches!(privcmd.set_hvm_context(1, &[]), Err(PrivcmdError::Invalid(_))));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum FileSource {
 /// Where dom0's init finds Xen's xenstore daemon.
 pub const XENSTORED_PATH: &str = "/usr/lib/xen-4.17/bin/xenstored";
 
+/// Where dom0's init finds Xen's console daemon (first on its `PATH`).
+pub const XENCONSOLED_PATH: &str = "/usr/lib/xen-4.17/bin/xenconsoled";
+
 #[derive(Debug, Clone)]
 struct Dom0File {
     dest: String,
@@ -120,6 +123,20 @@ impl HostConfig {
                 b"#!/bin/sh\nexec /usr/local/bin/rxenstored -T /var/log/xen/rxenstored.log \"$@\"\n"
                     .to_vec(),
             ),
+            0o755,
+        ))
+    }
+
+    /// Runs the project's `rxconsoled` in place of Xen's console daemon,
+    /// as [`HostConfig::with_rxenstored`] does for the store: dom0's init
+    /// starts `xenconsoled` with its usual arguments from
+    /// `/usr/lib/xen-4.17/bin`, which becomes a wrapper that execs
+    /// `/usr/local/bin/rxconsoled`; guest consoles are logged to the same
+    /// files.
+    pub fn with_rxconsoled(self) -> Result<HostConfig> {
+        Ok(self.with_project_binary("rxconsoled")?.with_dom0_file(
+            XENCONSOLED_PATH,
+            FileSource::Bytes(b"#!/bin/sh\nexec /usr/local/bin/rxconsoled \"$@\"\n".to_vec()),
             0o755,
         ))
     }
@@ -540,6 +557,26 @@ impl XenHost {
         log::info!("{tool} created {} ({:?}, {release})", config.name, config.kind);
         Ok(Guest {
             name: config.name.clone(),
+            release,
+            created_at,
+        })
+    }
+
+    /// Runs `command` in dom0 to start a guest called `name` running
+    /// `kernel` some other way than from a [`GuestConfig`] (e.g. `rxl
+    /// server-start`), and returns it for the waits below; its console log
+    /// is removed first, as [`XenHost::create_with`] does.
+    pub fn start_guest_with(&mut self, name: &str, kernel: GuestKernel, command: &str) -> Result<Guest> {
+        let release = self.config.manifest.guest_release(kernel)?.to_owned();
+        let script = format!(
+            "set -e; rm -f {log}\ndate +%s.%N\n{command} >&2\n",
+            log = shell_quote(&console_log_path(name)),
+        );
+        let out = self.run_ok(&script)?;
+        let created_at = first_f64(&out)?;
+        log::info!("{command}: started {name} ({release})");
+        Ok(Guest {
+            name: name.to_owned(),
             release,
             created_at,
         })

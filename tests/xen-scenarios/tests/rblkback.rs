@@ -307,7 +307,15 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
 fn rblkfront_against_blkback(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange
     const BYTES: u64 = 32 << 20;
-    h.run_ok("set -e; mkdir -p /var/lib/rxen; truncate -s 64M /var/lib/rxen/kb.img\n")?;
+    // dom0's root is a RAM file system shared with the earlier
+    // scenarios' images: drop them first, or a guest's writes may find it
+    // full (blkback then fails them, as it should).
+    let df = h.run_ok(
+        "set -e; rm -f /var/lib/rxen/p61.img /var/lib/rxen/pv.img /var/lib/rxen/restart.img \
+         /var/lib/rxen/*.qcow2; mkdir -p /var/lib/rxen; truncate -s 64M /var/lib/rxen/kb.img; \
+         df -k /var/lib/rxen | tail -n 1\n",
+    )?;
+    log::info!("dom0 space for the image: {}", df.trim());
     let mut overlay = Archive::new();
     overlay.host_file("/rxen/bin/rblkfront", &project_binary("rblkfront")?, 0o755)?;
     overlay.file(

@@ -4,6 +4,9 @@
 //! - rxl reads the host as xl does: `rxl list`, `info`, `dmesg` and
 //!   `uptime` print what `xl` prints (less the columns that move with time:
 //!   CPU seconds, free memory).
+//! - The suite runs the project's rxconsoled in place of xenconsoled: it
+//!   logs every guest's console (the harness reads those logs throughout),
+//!   and `rxl console` reaches a guest through it, both ways.
 //! - rxl controls a guest `xl` created (a 6.12 PV guest): `list`,
 //!   `vcpu-list`, `pause`/`unpause` (seen by `xl list`), `mem-set` (the
 //!   target in the store), `block-attach` of a disk the project's rblkback
@@ -15,13 +18,22 @@
 //!   a second guest, `destroy` (gone from `xl list` and the store).
 //!
 //! - `rxl create` builds guests itself (the project's domain builder,
-//!   through privcmd) from xl.cfg files: a 6.1 and a 6.12 PV guest at
-//!   once, each with the test disk served by rblkback (the guest checks a
+//!   through privcmd) from xl.cfg files: PV and PVH guests with the 6.1
+//!   and 6.12 kernels, four at once, each with the test disk served by rblkback (the guest checks a
 //!   known file's SHA-256) and a vif served by rnetback (dom0 pings the
 //!   guest); `xl list` shows them as `rxl list` does; `rxl destroy` removes
 //!   them, their store directories and their backend processes. The time
 //!   from create to the guest's userspace is measured for rxl and for xl
 //!   with the same configuration.
+//! - Suites and servers: one suite (the 6.12 kernel, an initramfs, the
+//!   test disk as its read-only root image) and two servers from it, each
+//!   with its own hostname and address in the configuration store. `rxl
+//!   server-start` starts both side by side: each guest reads its
+//!   configuration disk, takes its hostname and address (dom0 pings both),
+//!   and writes its name into its root filesystem, a copy-on-write overlay
+//!   of the suite's image; started again, each finds its own write there,
+//!   and the suite's image is unchanged. The configuration data
+//!   exports and imports unchanged.
 //! - Malformed configurations, a missing kernel, too little memory and a
 //!   duplicate name fail with clear errors and leave the host as it was.
 //!
@@ -50,6 +62,30 @@ wait_for '[ -e /sys/class/net/eth0 ]'
 echo "RXEN-RXL nic mac=$(cat /sys/class/net/eth0/address)"
 wait_for '[ ! -e /sys/class/net/eth0 ]'
 echo "RXEN-RXL nic-gone"
+read -r line
+echo "RXEN-RXL console got $line"
+"#;
+
+/// A server's side (in the suite's initramfs): with `rxl_server` on the
+/// kernel command line, unpacks the configuration disk `xvdc`, takes the
+/// hostname and addresses it holds, writes the hostname into the root
+/// filesystem on `xvda` (the server's overlay) and reports.
+const SERVER_SETUP: &str = r#"#!/bin/sh
+[ -n "${rxl_server:-}" ] || exit 0
+i=0; while { [ ! -b /dev/xvdc ] || [ ! -b /dev/xvda ]; } && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+mkdir -p /run/rxl && tar -xf /dev/xvdc -C /run/rxl || { echo "RXEN-SERVER no configuration disk"; exit 1; }
+hostname "$(cat /run/rxl/rxl/hostname)"
+ip link set lo up
+while read -r ifc cidr; do
+    i=0; while [ ! -e /sys/class/net/$ifc ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    ip addr add "$cidr" dev "$ifc" && ip link set "$ifc" up
+    addrs="$addrs $ifc=$cidr"
+done </run/rxl/rxl/addresses
+mkdir -p /mnt/root && mount /dev/xvda /mnt/root || { echo "RXEN-SERVER cannot mount xvda"; exit 1; }
+known=$(sha256sum /mnt/root/rxen/known.bin | cut -d' ' -f1)
+previous=$(cat /mnt/root/whoami 2>/dev/null || echo none)
+hostname > /mnt/root/whoami && sync && umount /mnt/root
+echo "RXEN-SERVER hostname=$(hostname) addresses=$addrs known=$known previous=$previous"
 "#;
 
 /// The guest's `/sbin/poweroff`, which the kernel runs when asked to shut
@@ -64,9 +100,12 @@ fn rxl_drives_xen() {
     init_logging();
     let suite = Instant::now();
     let mut figures = Figures::default();
-    let config = HostConfig::new("rxl")
-        .expect("the Xen test host is built (make xen-host)")
+    let mut config = HostConfig::new("rxl").expect("the Xen test host is built (make xen-host)");
+    // Up to five guests of 256 MiB at once beside dom0's 1.5 GiB.
+    config.memory_mib = 4096;
+    let config = config
         .with_rxenstored()
+        .and_then(|c| c.with_rxconsoled())
         .and_then(|c| c.with_project_binary("rxl"))
         .and_then(|c| c.with_project_binary("rblkback"))
         .and_then(|c| c.with_project_binary("rnetback"))
@@ -81,18 +120,34 @@ fn rxl_drives_xen() {
     let r = host.scenario("rxl controls guests xl created, and their devices", |h| {
         control(h, &mut figures)
     });
+    // Whatever the scenario left running would only take memory from the
+    // next ones.
+    let _ = host.run("for g in rxl-pv rxl-pv-2; do xl destroy $g 2>/dev/null; done; true");
     if let Err(e) = r {
         failures.push(format!("control: {e}"));
         if let Ok(log) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/rnetback-*.log") {
             failures.push(format!("backend logs:\n{}", log.stdout));
         }
     }
-    let r = host.scenario("rxl create builds 6.1 and 6.12 PV guests with rblkback and rnetback devices", |h| {
+    let r = host.scenario("rxl create builds 6.1 and 6.12 PV and PVH guests with rblkback and rnetback devices", |h| {
         create(h, &mut figures)
     });
     if let Err(e) = r {
         failures.push(format!("create: {e}"));
         if let Ok(log) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/rnetback-*.log /var/log/xen/rxl*.log") {
+            failures.push(format!("logs:\n{}", log.stdout));
+        }
+    }
+    let _ = host.run(
+        "for g in rxl-new-61 rxl-new-612 rxl-pvh-61 rxl-pvh-612 rxl-new-612b xl-new-612; do \
+         xl domid $g >/dev/null 2>&1 && rxl destroy $g; done; true",
+    );
+    let r = host.scenario("two servers from one suite run side by side with their own configuration", |h| {
+        servers(h, &mut figures)
+    });
+    if let Err(e) = r {
+        failures.push(format!("servers: {e}"));
+        if let Ok(log) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/rxl*.log") {
             failures.push(format!("logs:\n{}", log.stdout));
         }
     }
@@ -108,11 +163,25 @@ fn rxl_drives_xen() {
     assert!(failures.is_empty(), "failed checks:\n{}", failures.join("\n"));
 }
 
-/// `xl list`-style lines without their last column (CPU seconds).
+/// `xl list`-style lines without their last column (CPU seconds), and
+/// with a guest's running/blocked letters masked: both move by themselves
+/// between two listings.
 fn without_time(text: &str) -> Vec<String> {
     text.lines()
         .map(|l| match l.trim_end().rsplit_once(char::is_whitespace) {
-            Some((rest, _)) if !l.starts_with("Name") => rest.trim_end().to_owned(),
+            Some((rest, _)) if !l.starts_with("Name") => {
+                let rest = rest.trim_end();
+                match rest.rsplit_once(char::is_whitespace) {
+                    Some((head, state)) if !l.starts_with("Domain-0") => {
+                        let state: String = state
+                            .chars()
+                            .map(|c| if c == 'r' || c == 'b' { '-' } else { c })
+                            .collect();
+                        format!("{head} {state}")
+                    }
+                    _ => rest.to_owned(),
+                }
+            }
             _ => l.trim_end().to_owned(),
         })
         .collect()
@@ -278,6 +347,14 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     h.run_ok("rxl network-detach rxl-pv 0")?;
     h.wait_guest_line(&g, "RXEN-RXL nic-gone", GUEST_WAIT)?;
 
+    // The console, both ways, through rxconsoled's pty: the guest reads a
+    // line from its console and answers.
+    let out = h.run_ok("echo hello-console | rxl console rxl-pv")?;
+    ensure(
+        out.contains("RXEN-RXL console got hello-console"),
+        format!("rxl console printed: {out:?}"),
+    )?;
+
     let start = Instant::now();
     h.run_ok_with("rxl shutdown -w rxl-pv", &[], GUEST_WAIT)?;
     h.wait_guest_line(&g, "RXEN-RXL poweroff", Duration::from_secs(30))?;
@@ -303,16 +380,18 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange
     let want = h.manifest().guest_disk_sha256()?.to_owned();
     let guests = [
-        ("rxl-new-61", GuestKernel::Linux61, "192.168.200.61/24"),
-        ("rxl-new-612", GuestKernel::Linux612, "192.168.200.62/24"),
+        ("rxl-new-61", GuestKind::Pv, GuestKernel::Linux61, "192.168.200.61/24"),
+        ("rxl-new-612", GuestKind::Pv, GuestKernel::Linux612, "192.168.200.62/24"),
+        ("rxl-pvh-61", GuestKind::Pvh, GuestKernel::Linux61, "192.168.200.63/24"),
+        ("rxl-pvh-612", GuestKind::Pvh, GuestKernel::Linux612, "192.168.200.64/24"),
     ];
     let before = h.run_ok("rxl list | wc -l")?;
 
     // Act: both guests from rxl, then the same 6.12 configuration from xl
     // for the time to userspace.
     let mut created = Vec::new();
-    for (name, kernel, address) in guests {
-        let config = GuestConfig::new(name, GuestKind::Pv, kernel)
+    for (name, kind, kernel, address) in guests {
+        let config = GuestConfig::new(name, kind, kernel)
             .with_test_disk("xvdb")
             .with_network(address)
             .hold();
@@ -356,15 +435,32 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     let rxl = h.run_ok("rxl list")?;
     let xl = h.run_ok("xl list")?;
     same("list with rxl's guests", &without_time(&rxl), &without_time(&xl))?;
-    for (name, _, _) in guests {
+    // dom0 memory the backends of one guest hold (resident set).
+    let d = h.domid("rxl-new-612")?;
+    let rss = h.run_ok(&format!(
+        "for p in $(pgrep -f 'r(blk|net)back.*--domid {d} '); do grep VmRSS /proc/$p/status; done | \
+         awk '{{s += $2; n++}} END {{print n, s}}'"
+    ))?;
+    let mut words = rss.split_whitespace();
+    let (count, kib) = (words.next().unwrap_or("0"), words.next().unwrap_or("0"));
+    ensure(count == "2", format!("backend processes of rxl-new-612: {rss:?}"))?;
+    figures.note("dom0 RSS of one guest's backends (rblkback + rnetback)", format!("{kib} KiB"));
+    for (name, _, _, _) in guests {
+        // An HVM container's count includes its special and ACPI pages.
         ensure(
-            xl.lines().any(|l| l.starts_with(name) && l.split_whitespace().nth(2) == Some("256")),
+            xl.lines().any(|l| {
+                l.starts_with(name)
+                    && l.split_whitespace()
+                        .nth(2)
+                        .and_then(|m| m.parse::<u32>().ok())
+                        .is_some_and(|m| (256..=260).contains(&m))
+            }),
             format!("xl list does not show {name} with 256 MiB:\n{xl}"),
         )?;
     }
 
     // rxl destroy leaves nothing of them.
-    for (name, _, _) in guests {
+    for (name, _, _, _) in guests {
         let d = h.domid(name)?;
         h.run_ok(&format!("rxl destroy {name}"))?;
         let left = h.run_ok(&format!(
@@ -420,4 +516,95 @@ fn refusals(h: &mut XenHost) -> Result<()> {
         ensure(now == before, format!("after a refused create the host changed:\n{before}\n->\n{now}"))?;
     }
     Ok(())
+}
+
+fn servers(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
+    // Arrange: a suite from the 6.12 kernel, an initramfs that applies
+    // server configuration, and the test disk as the root image.
+    let release = h.manifest().guest_release(GuestKernel::Linux612)?.to_owned();
+    let kernel = xen_harness::guest_kernel_path(&release);
+    let mut overlay = Archive::new();
+    overlay.file("/rxen/guest.d/30-server", 0o755, SERVER_SETUP.as_bytes());
+    let initrd = h.guest_initrd_with("rxl-suite", overlay)?;
+    let image = xen_harness::dom0_paths::GUEST_DISK;
+    let base_sum = h.run_ok(&format!("sha256sum {image} | cut -d' ' -f1"))?;
+    let known = h.manifest().guest_disk_sha256()?.to_owned();
+    h.run_ok(&format!(
+        "set -e; rxl suite-add web-612 --kernel {kernel} --ramdisk {initrd} --image {image} \
+         --cmdline 'console=hvc0 rdinit=/init rxen_hold=1' --memory 256 --vcpus 1\n\
+         rxl server-add web1 --suite web-612 --hostname web1 --address eth0=192.168.200.71/24\n\
+         rxl server-add web2 --suite web-612 --hostname web2 --address eth0=192.168.200.72/24\n\
+         rxl suite-list; rxl server-list\n"
+    ))?;
+
+    // Act: both servers at once.
+    let start = Instant::now();
+    let w1 = h.start_guest_with("web1", GuestKernel::Linux612, "rxl server-start web1")?;
+    let w2 = h.start_guest_with("web2", GuestKernel::Linux612, "rxl server-start web2")?;
+    let lines = h.wait_guest_lines(&[(&w1, "RXEN-SERVER"), (&w2, "RXEN-SERVER")], GUEST_WAIT)?;
+    figures.record("two servers started to configured", start.elapsed());
+
+    // Assert: each took its own configuration, both answer, the suite's
+    // image is shared and unchanged, each overlay holds its own writes.
+    for (line, (name, addr)) in lines.iter().zip([("web1", "192.168.200.71/24"), ("web2", "192.168.200.72/24")]) {
+        ensure(
+            line.line.contains(&format!("hostname={name} "))
+                && line.line.contains(&format!("eth0={addr}"))
+                && line.line.contains(&format!("known={known}")),
+            format!("{name} reported: {}", line.line),
+        )?;
+        let ip = addr.split('/').next().unwrap_or_default();
+        h.run_ok(&format!("busybox ping -c 3 -W 5 {ip} >/dev/null"))?;
+    }
+    for name in ["web1", "web2"] {
+        let backing = qcow2_backing_file(h, &format!("/var/lib/rxl/servers/{name}/root.qcow2"))?;
+        ensure(backing == image, format!("{name}'s overlay sits on {backing:?}, not {image}"))?;
+    }
+    let list = h.run_ok("xl list")?;
+    ensure(list.contains("web1") && list.contains("web2"), format!("xl list:\n{list}"))?;
+
+    // The configuration data exports and imports unchanged.
+    let exported = h.run_ok("rxl server-export web1")?;
+    ensure(exported.contains("web1") && exported.contains("192.168.200.71/24"), format!("export: {exported}"))?;
+    let again = h.run_ok("rxl server-export web1 > /tmp/web1.json && rxl server-import /tmp/web1.json && rxl server-export web1")?;
+    ensure(again == exported, format!("export after import differs:\n{exported}\n---\n{again}"))?;
+
+    // Started again, each finds in its root filesystem what it wrote there
+    // itself: the overlays keep their servers' writes apart.
+    h.run_ok("rxl destroy web1 && rxl destroy web2")?;
+    let w1 = h.start_guest_with("web1", GuestKernel::Linux612, "rxl server-start web1")?;
+    let w2 = h.start_guest_with("web2", GuestKernel::Linux612, "rxl server-start web2")?;
+    let again = h.wait_guest_lines(&[(&w1, "RXEN-SERVER"), (&w2, "RXEN-SERVER")], GUEST_WAIT)?;
+    for (line, name) in again.iter().zip(["web1", "web2"]) {
+        ensure(
+            line.line.contains(&format!("previous={name}")),
+            format!("{name} restarted found: {}", line.line),
+        )?;
+    }
+    ensure(lines.iter().all(|l| l.line.contains("previous=none")), "a first start found an earlier write".to_owned())?;
+    h.run_ok("rxl destroy web1 && rxl destroy web2")?;
+    let base_after = h.run_ok(&format!("sha256sum {image} | cut -d' ' -f1"))?;
+    ensure(base_after == base_sum, "the suite's image changed".to_owned())?;
+    h.run_ok("rxl server-remove web1 && rxl server-remove web2 && rxl suite-remove web-612")?;
+    Ok(())
+}
+
+/// The backing file named in a qcow2 image's header (`backing_file_offset`
+/// at byte 8, `backing_file_size` at byte 16, both big-endian), read with
+/// busybox's `od` in dom0.
+fn qcow2_backing_file(h: &mut XenHost, path: &str) -> Result<String> {
+    let hex = h.run_ok(&format!("od -An -v -tx1 -N 4096 {path}"))?;
+    let bytes: Vec<u8> = hex
+        .split_whitespace()
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    let be = |at: usize, n: usize| bytes.get(at..at + n).map(|b| b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+    let (Some(offset), Some(len)) = (be(8, 8), be(16, 4)) else {
+        return Err(xen_harness::Error::Check(format!("{path}: no qcow2 header")));
+    };
+    let (offset, len) = (offset as usize, len as usize);
+    let name = bytes
+        .get(offset..offset + len)
+        .ok_or_else(|| xen_harness::Error::Check(format!("{path}: backing file name outside the first page")))?;
+    Ok(String::from_utf8_lossy(name).into_owned())
 }

@@ -21,6 +21,7 @@ mod format;
 mod info;
 mod memory;
 mod network;
+mod store;
 mod vcpu;
 
 #[cfg(test)]
@@ -33,6 +34,10 @@ pub use domain::{
 pub use info::{DmesgArgs, InfoArgs};
 pub use memory::MemSetArgs;
 pub use network::{NetworkAttachArgs, NetworkDetachArgs, NetworkListArgs};
+pub use store::{
+    ServerAddArgs, ServerExportArgs, ServerImportArgs, ServerStartArgs, StoreArg,
+    StoreCommandError, StoreListArgs, StoreNameArgs, SuiteAddArgs,
+};
 pub use vcpu::{VcpuListArgs, VcpuSetArgs};
 
 /// `rxl [global options] <subcommand> [args]`.
@@ -106,6 +111,24 @@ pub enum Command {
     BlockDetach(BlockDetachArgs),
     /// Print uptime for all/some domains.
     Uptime(UptimeArgs),
+    /// Add a suite: a read-only kernel and root image.
+    SuiteAdd(SuiteAddArgs),
+    /// List the suites.
+    SuiteList(StoreListArgs),
+    /// Remove a suite no server uses.
+    SuiteRemove(StoreNameArgs),
+    /// Add a server: a suite and its configuration data.
+    ServerAdd(ServerAddArgs),
+    /// List the servers.
+    ServerList(StoreListArgs),
+    /// Remove a server that is not running, and its disks.
+    ServerRemove(StoreNameArgs),
+    /// Write a server's configuration data as JSON.
+    ServerExport(ServerExportArgs),
+    /// Add a server, or replace its configuration data, from JSON.
+    ServerImport(ServerImportArgs),
+    /// Start a server: compose its disks and create its domain.
+    ServerStart(ServerStartArgs),
     /// Watch a domain rxl created and apply its `on_*` actions (started by
     /// `create`, as xl's daemonized child).
     #[command(name = "__monitor", hide = true)]
@@ -341,6 +364,9 @@ pub enum CommandError {
     /// `domname ID` for an unknown id.
     #[error("Can't get domain name of domain id '{0}', maybe this domain does not exist.")]
     NoDomainWithId(DomId),
+    /// A suite or server command failed.
+    #[error(transparent)]
+    Store(Box<StoreCommandError>),
 }
 
 impl CommandError {
@@ -436,6 +462,15 @@ fn dispatch(cli: &Cli, host: &mut dyn Host, io: &mut Streams<'_>) -> Result<(), 
         Command::BlockAttach(args) => block::block_attach(args, host),
         Command::BlockList(args) => block::block_list(args, host, io),
         Command::BlockDetach(args) => block::block_detach(args, host),
+        Command::SuiteAdd(args) => store::suite_add(args),
+        Command::SuiteList(args) => store::suite_list(args, io),
+        Command::SuiteRemove(args) => store::suite_remove(args),
+        Command::ServerAdd(args) => store::server_add(args),
+        Command::ServerList(args) => store::server_list(args, io),
+        Command::ServerRemove(args) => store::server_remove(args, host),
+        Command::ServerExport(args) => store::server_export(args, io),
+        Command::ServerImport(args) => store::server_import(args),
+        Command::ServerStart(args) => store::server_start(args, host, io),
     }
 }
 

@@ -18,6 +18,7 @@
 //! `system` (`uname`, uptime, clock, libxl's files, sysfs).
 
 mod backends;
+mod console;
 mod devices;
 mod hypercalls;
 mod store;
@@ -884,8 +885,11 @@ impl Host for XenHost {
                 .map_err(|_| hypercall_abi::platform::XsError::Invalid(format!("domain id {domid}")))?;
             xs.introduce_domain(d, mfn, port)
         };
-        let built = crate::create::create_pv(&self.privcmd, &self.xs, &introduce, &cfg)
-            .map_err(|e| HostError::Failed(e.to_string()))?;
+        let built = match cfg.domain_type {
+            crate::config::DomainType::Pv => crate::create::create_pv(&self.privcmd, &self.xs, &introduce, &cfg),
+            crate::config::DomainType::Pvh => crate::create::pvh::create_pvh(&self.privcmd, &self.xs, &introduce, &cfg),
+        }
+        .map_err(|e| HostError::Failed(e.to_string()))?;
         let domid = built.domid;
         let devices = (|| -> Result<(), HostError> {
             for disk in &cfg.disks {
@@ -1190,17 +1194,15 @@ impl Host for XenHost {
         self.detach(domid, "vif", devid, DetachMode::Auto)
     }
 
-    /// Not here yet: it comes with the domain-builder integration.
+    /// `libxl_console_exec` / `libxl_primary_console_exec`: what
+    /// `xenconsole` does, in this process (see the `console` module).
     fn console(
         &mut self,
         domid: DomId,
         kind: Option<ConsoleKind>,
         num: u32,
     ) -> Result<(), HostError> {
-        log::debug!("console {domid} {kind:?} {num} asked for");
-        Err(HostError::Unsupported(
-            "attaching to a console (it comes with the domain-builder integration; not wired into the Xen host yet)",
-        ))
+        console::attach(self, domid, kind, num)
     }
 
     /// `libxl_get_physinfo`.

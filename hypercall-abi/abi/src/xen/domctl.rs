@@ -82,6 +82,13 @@ pub const XEN_DOMCTL_SETTIMEOFFSET: u32 = 24;
 pub const XEN_DOMCTL_GETVCPUAFFINITY: u32 = 25;
 /// `XEN_DOMCTL_resumedomain`: resume a suspended domain (no payload).
 pub const XEN_DOMCTL_RESUMEDOMAIN: u32 = 27;
+/// `XEN_DOMCTL_gethvmcontext`: an HVM domain's saved state (header,
+/// per-vCPU registers, interrupt controllers, ...) as save records
+/// ([`XenDomctlHvmcontext`]).
+pub const XEN_DOMCTL_GETHVMCONTEXT: u32 = 33;
+/// `XEN_DOMCTL_sethvmcontext`: load save records into an HVM domain
+/// ([`XenDomctlHvmcontext`]).
+pub const XEN_DOMCTL_SETHVMCONTEXT: u32 = 34;
 /// `XEN_DOMCTL_set_address_size`: switch a PV domain to 32-bit; see
 /// [`XenDomctlAddressSize`] (64-bit guests never need it).
 pub const XEN_DOMCTL_SET_ADDRESS_SIZE: u32 = 35;
@@ -674,6 +681,26 @@ pub struct XenDomctlSettimeoffset {
     pub time_offset_seconds: i64,
 }
 const _: () = assert!(size_of::<XenDomctlSettimeoffset>() == 8);
+
+/// `XEN_DOMCTL_{get,set}hvmcontext`: a buffer of HVM save records
+/// (`xen/hvm/save.h`).
+#[doc(alias = "xen_domctl_hvmcontext")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XenDomctlHvmcontext {
+    /// IN: the buffer's size; OUT (get): the bytes Xen filled, or with a
+    /// null `buffer` the size a buffer needs.
+    pub size: u32,
+    /// Padding (implicit in C).
+    pub _pad: u32,
+    /// IN: the records (`XEN_GUEST_HANDLE_64(uint8)`); null to query the size.
+    pub buffer: GuestHandle,
+}
+const _: () = assert!(size_of::<XenDomctlHvmcontext>() == 16);
+const _: () = assert!(core::mem::offset_of!(XenDomctlHvmcontext, size) == 0);
+const _: () = assert!(core::mem::offset_of!(XenDomctlHvmcontext, buffer) == 8);
 
 /// `XEN_DOMCTL_set_address_size` / `XEN_DOMCTL_get_address_size`: a PV
 /// domain's width.

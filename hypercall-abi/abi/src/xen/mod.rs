@@ -11,6 +11,7 @@ pub mod console;
 pub mod domctl;
 pub mod event_channel;
 pub mod grant_table;
+pub mod hvm;
 pub mod hvm_start_info;
 pub mod hypercall;
 pub mod memory;

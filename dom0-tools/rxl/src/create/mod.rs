@@ -29,6 +29,8 @@ use zerocopy::FromZeros;
 
 use crate::config::DomainConfig;
 
+pub mod pvh;
+
 /// libxl's `LIBXL_MAXMEM_CONSTANT`: KiB of slack Xen allows above a
 /// domain's memory (for the grant and ring pages it maps).
 pub const MAXMEM_SLACK_KIB: u64 = 1024;
@@ -37,7 +39,7 @@ pub const MAXMEM_SLACK_KIB: u64 = 1024;
 const CONSOLE_LIMIT: u64 = 1_048_576;
 
 /// Pages mapped at a time while writing the boot image.
-const MAP_CHUNK_PAGES: u64 = 1024;
+pub(crate) const MAP_CHUNK_PAGES: u64 = 1024;
 
 /// Why building a domain failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +86,11 @@ pub enum CreateError {
     Build(String),
 }
 
-fn xen(step: &'static str) -> impl FnOnce(PrivcmdError) -> CreateError {
+pub(crate) fn xen(step: &'static str) -> impl FnOnce(PrivcmdError) -> CreateError {
     move |source| CreateError::Xen { step, source }
 }
 
-fn store(step: &'static str) -> impl FnOnce(XsError) -> CreateError {
+pub(crate) fn store(step: &'static str) -> impl FnOnce(XsError) -> CreateError {
     move |source| CreateError::Store { step, source }
 }
 
@@ -179,6 +181,64 @@ impl GuestMemory for ForeignMemory<'_> {
     }
 }
 
+/// Where unwrapped kernels are kept: a compressed bzImage costs seconds to
+/// unwrap, and a suite's kernel is started again and again.
+pub const KERNEL_CACHE_DIR: &str = "/var/cache/rxl/kernels";
+
+/// The kernel at `path` as an ELF image: the file itself if it is one,
+/// else its unwrapped payload, from [`KERNEL_CACHE_DIR`] when the same
+/// file (device, inode, size and modification time) was unwrapped before.
+/// The cache is only an optimisation: a cache that cannot be read or
+/// written is logged and bypassed, and what it holds is parsed and checked
+/// like any kernel.
+pub fn kernel_elf(path: &str) -> Result<Vec<u8>, CreateError> {
+    kernel_elf_in(path, std::path::Path::new(KERNEL_CACHE_DIR))
+}
+
+/// [`kernel_elf`] with the cache in `cache_dir`.
+pub fn kernel_elf_in(path: &str, cache_dir: &std::path::Path) -> Result<Vec<u8>, CreateError> {
+    use std::os::unix::fs::MetadataExt;
+    let file_error = |source| CreateError::File {
+        what: "kernel",
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(file_error)?;
+    let key = format!(
+        "{:x}-{:x}-{:x}-{:x}.{:x}.elf",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let cached = cache_dir.join(key);
+    if let Ok(elf) = std::fs::read(&cached) {
+        if elf.starts_with(b"\x7fELF") {
+            log::debug!("kernel {path}: unwrapped copy from {}", cached.display());
+            return Ok(elf);
+        }
+    }
+    let file = std::fs::read(path).map_err(file_error)?;
+    let image = rxen_builder::image::load_kernel(&file).map_err(|e| CreateError::Kernel {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let unwrapped = matches!(image.elf, std::borrow::Cow::Owned(_));
+    let elf = image.elf.into_owned();
+    if unwrapped {
+        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+        let stored = std::fs::create_dir_all(cache_dir)
+            .and_then(|()| std::fs::write(&tmp, &elf))
+            .and_then(|()| std::fs::rename(&tmp, &cached));
+        if let Err(e) = stored {
+            log::warn!("cannot keep the unwrapped kernel in {}: {e}", cached.display());
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(elf)
+}
+
 /// Reads `/proc/sys/kernel/random/uuid` into a UUID (libxl's
 /// `libxl_uuid_generate`).
 pub fn random_uuid() -> Result<[u8; 16], CreateError> {
@@ -263,7 +323,7 @@ pub fn create_pv<X: Xenstore + ?Sized>(
     };
     // Files first: a missing kernel leaves nothing behind.
     let t = std::time::Instant::now();
-    let kernel_file = read("kernel", &kernel_path)?;
+    let kernel_elf = kernel_elf(&kernel_path)?;
     let ramdisk = match &cfg.ramdisk {
         Some(path) => Some(read("ramdisk", path)?),
         None => None,
@@ -272,8 +332,7 @@ pub fn create_pv<X: Xenstore + ?Sized>(
         path: kernel_path.clone(),
         message,
     };
-    let image = rxen_builder::image::load_kernel(&kernel_file).map_err(|e| kernel_error(e.to_string()))?;
-    let elf = ElfKernel::parse(&image.elf).map_err(|e| kernel_error(e.to_string()))?;
+    let elf = ElfKernel::parse(&kernel_elf).map_err(|e| kernel_error(e.to_string()))?;
     let mut pv = PvConfig::new(cfg.memory_mib, cfg.vcpus, cfg.cmdline.clone().unwrap_or_default());
     if let Some(r) = &ramdisk {
         pv = pv.with_ramdisk(r.len() as u64);
@@ -408,7 +467,7 @@ fn build<X: Xenstore + ?Sized>(
 /// The domain's directories, as libxl writes them for a PV guest: dom0
 /// owns `/local/domain/D` (the guest may read it), the guest owns the
 /// subdirectories it writes (`device`, `control`, `data`, ...).
-fn write_store<X: Xenstore + ?Sized>(xs: &X, cfg: &DomainConfig, built: &Built) -> Result<(), CreateError> {
+pub(crate) fn write_store<X: Xenstore + ?Sized>(xs: &X, cfg: &DomainConfig, built: &Built) -> Result<(), CreateError> {
     let d = built.domid;
     let guest = u16::try_from(d).map_err(|_| CreateError::Build(format!("domain id {d} out of range")))?;
     let dom = format!("/local/domain/{d}");
@@ -512,6 +571,53 @@ mod tests {
             0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
         ];
         assert_eq!(uuid_string(&uuid), "12345678-9abc-def0-0123-456789abcdef");
+    }
+
+    /// A gzip-compressed ELF kernel: unwrapped once, then served from the
+    /// cache; a changed file is unwrapped afresh.
+    #[test]
+    fn unwrapped_kernels_are_cached_by_file_identity() {
+        let dir = std::env::temp_dir().join(format!("rxl-kcache-{}", std::process::id()));
+        let cache = dir.join("cache");
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf_a = [b"\x7fELF".as_slice(), &[1u8; 300]].concat();
+        let elf_b = [b"\x7fELF".as_slice(), &[2u8; 300]].concat();
+        let gzip = |data: &[u8]| {
+            // A stored-only gzip member (RFC 1952) around `data`.
+            let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+            out.extend(miniz_oxide::deflate::compress_to_vec(data, 1));
+            let crc = crc32(data);
+            out.extend(crc.to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out
+        };
+        let kernel = dir.join("vmlinuz");
+        std::fs::write(&kernel, gzip(&elf_a)).unwrap();
+        let path = kernel.to_str().unwrap();
+
+        assert_eq!(kernel_elf_in(path, &cache).unwrap(), elf_a);
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "one unwrapped copy kept");
+        assert_eq!(kernel_elf_in(path, &cache).unwrap(), elf_a, "served from the cache");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&kernel, gzip(&elf_b)).unwrap();
+        assert_eq!(kernel_elf_in(path, &cache).unwrap(), elf_b, "a new file is unwrapped afresh");
+        // A plain ELF is used as it is and not copied.
+        let plain = dir.join("vmlinux");
+        std::fs::write(&plain, &elf_a).unwrap();
+        assert_eq!(kernel_elf_in(plain.to_str().unwrap(), &cache).unwrap(), elf_a);
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 
     #[test]
