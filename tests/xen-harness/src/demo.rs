@@ -1,6 +1,10 @@
-//! `rxen-demo`: boots the test host, starts a 6.1 PVH guest and a 6.12 PV
-//! guest with Xen's `xl`, shows `xl list` and the kernel each guest
-//! reports, and shuts everything down, printing how long each part took.
+//! `rxen-demo`: boots the test host with the project's xenstore and console
+//! daemons in place of Xen's, starts a 6.1 PVH guest and a 6.12 PV guest
+//! with `rxl create` (the project's toolstack and domain builder), each
+//! with a disk served by rblkback and a vif served by rnetback, shows
+//! `rxl list` beside Xen's `xl list`, the kernel each guest reports, its
+//! disk and its network, and shuts everything down, printing how long each
+//! part took.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -26,31 +30,53 @@ pub fn run(config: HostConfig, out: &mut dyn Write) -> Result<()> {
             config.manifest.xen_version()?
         ),
     )?;
+    let config = config
+        .with_rxenstored()?
+        .with_rxconsoled()?
+        .with_project_binary("rxl")?
+        .with_project_binary("rblkback")?
+        .with_project_binary("rnetback")?;
     let mut host = XenHost::boot(config)?;
     w(out, format!(
-        "dom0 ({}) ready after {:.1} s (QEMU start to xenstored, xenconsoled and the agent running)",
+        "dom0 ({}) ready after {:.1} s (QEMU start to rxenstored, rxconsoled and the agent running)",
         host.dom0_release(),
         host.timings().dom0_ready.as_secs_f64()
     ))?;
 
     let result = host.scenario("demo", |h| {
+        let want = h.manifest().guest_disk_sha256()?.to_owned();
         let plans = [
-            ("demo-pvh-61", GuestKind::Pvh, GuestKernel::Linux61),
-            ("demo-pv-612", GuestKind::Pv, GuestKernel::Linux612),
+            ("demo-pvh-61", GuestKind::Pvh, GuestKernel::Linux61, "192.168.200.81"),
+            ("demo-pv-612", GuestKind::Pv, GuestKernel::Linux612, "192.168.200.82"),
         ];
         let mut guests = Vec::new();
-        for (name, kind, kernel) in plans {
-            guests.push(h.xl_create(&GuestConfig::new(name, kind, kernel).hold())?);
+        for (name, kind, kernel, ip) in plans {
+            let config = GuestConfig::new(name, kind, kernel)
+                .with_test_disk("xvdb")
+                .with_network(&format!("{ip}/24"))
+                .hold();
+            guests.push(h.create_with(&config, "rxl")?);
         }
-        let waits: Vec<_> = guests
-            .iter()
-            .map(|g| (g, "RXEN-GUEST-UP release="))
-            .collect();
+        let waits: Vec<_> = guests.iter().map(|g| (g, "RXEN-GUEST-UP release=")).collect();
         let lines = h.wait_guest_lines(&waits, GUEST_UP_TIMEOUT)?;
-        let list = h.xl_list_text()?;
-        Ok((guests, lines, list, plans))
+        let waits: Vec<_> = guests.iter().map(|g| (g, "RXEN-DISK-SHA256 xvdb")).collect();
+        let disks = h.wait_guest_lines(&waits, GUEST_UP_TIMEOUT)?;
+        let waits: Vec<_> = guests.iter().map(|g| (g, "RXEN-NET-UP eth0")).collect();
+        h.wait_guest_lines(&waits, GUEST_UP_TIMEOUT)?;
+        let mut pings = Vec::new();
+        for (_, _, _, ip) in plans {
+            pings.push(h.run_ok(&format!(
+                "busybox ping -c 3 -W 5 {ip} | tail -n 1"
+            ))?);
+        }
+        let list = h.run_ok("rxl list")?;
+        let xl_list = h.xl_list_text()?;
+        let daemons = h.run_ok(
+            "ps -o pid,args | grep -E 'rxenstored|rxconsoled|rblkback|rnetback' | grep -v grep",
+        )?;
+        Ok((guests, lines, disks, pings, list, xl_list, daemons, plans, want))
     });
-    let (guests, lines, list, plans) = match result {
+    let (guests, lines, disks, pings, list, xl_list, daemons, plans, want) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = host.shutdown();
@@ -58,36 +84,45 @@ pub fn run(config: HostConfig, out: &mut dyn Write) -> Result<()> {
         }
     };
 
-    w(out, "\n$ xl list".to_owned())?;
+    w(out, "\n$ rxl list".to_owned())?;
     w(out, list.trim_end().to_owned())?;
+    w(out, "\n$ xl list   # Xen's own tool sees rxl's domains".to_owned())?;
+    w(out, xl_list.trim_end().to_owned())?;
+    w(out, "\nThe project's daemons and backends in dom0:".to_owned())?;
+    w(out, daemons.trim_end().to_owned())?;
     w(out, String::new())?;
     let mut mismatch = None;
-    for ((g, line), (_, kind, _)) in guests.iter().zip(&lines).zip(plans) {
+    for ((((g, line), disk), ping), (_, kind, _, ip)) in
+        guests.iter().zip(&lines).zip(&disks).zip(&pings).zip(plans)
+    {
         let seen = release_of(&line.line);
+        let disk_ok = disk.line.ends_with(&want);
         w(
             out,
             format!(
-                "{:<12} {:<4} uname -r: {:<28} (expected {}) userspace {:.1} s after xl create",
+                "{:<12} {:<4} uname -r: {:<28} userspace {:.1} s after rxl create\n\
+                 {:<17} rblkback disk: known file {}; rnetback vif {ip}: {}",
                 g.name,
                 format!("{kind:?}").to_uppercase(),
                 seen,
-                g.release,
-                line.since_create.as_secs_f64()
+                line.since_create.as_secs_f64(),
+                "",
+                if disk_ok { "intact" } else { "CORRUPT" },
+                ping.trim(),
             ),
         )?;
         if seen != g.release {
-            mismatch = Some(format!(
-                "{} reported {seen}, expected {}",
-                g.name, g.release
-            ));
+            mismatch = Some(format!("{} reported {seen}, expected {}", g.name, g.release));
+        } else if !disk_ok {
+            mismatch = Some(format!("{}: {}", g.name, disk.line));
         }
     }
     for g in &guests {
-        host.xl_destroy(&g.name)?;
+        host.run_ok(&format!("rxl destroy {}", g.name))?;
     }
     w(
         out,
-        "\nDestroyed both guests; powering the host off.".to_owned(),
+        "\nDestroyed both guests with rxl; powering the host off.".to_owned(),
     )?;
     host.shutdown()?;
     w(

@@ -73,8 +73,13 @@ impl HostConfig {
     }
 
     /// The standard host, from `manifest`.
+    ///
+    /// dom0 runs from its initramfs, a tmpfs that the kernel caps at half
+    /// of dom0's memory, and the guests' images, initramfs copies and
+    /// rxl's unwrapped kernels all live there: a boot hook lifts the cap
+    /// (memory is only used as files are written).
     pub fn with_manifest(name: &str, manifest: Manifest) -> HostConfig {
-        HostConfig {
+        let config = HostConfig {
             name: name.to_owned(),
             manifest,
             memory_mib: 3072,
@@ -85,7 +90,11 @@ impl HostConfig {
             boot_timeout: Duration::from_secs(300),
             log_dir: target_dir().join("xen-logs").join(name),
             dom0_files: Vec::new(),
-        }
+        };
+        config.with_dom0_boot_hook(
+            "00-rootfs-size",
+            "#!/bin/sh\nmount -o remount,size=85% / || echo 'rxen-dom0: cannot resize the root file system'\n",
+        )
     }
 
     /// Puts a file into dom0's root file system at boot (appended to the

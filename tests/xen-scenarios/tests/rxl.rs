@@ -93,6 +93,9 @@ echo "RXEN-SERVER hostname=$(hostname) addresses=$addrs known=$known previous=$p
 /// poweroff could signal.
 const GUEST_POWEROFF: &str = "#!/bin/sh\necho RXEN-RXL poweroff >/dev/console\nexec busybox poweroff -f\n";
 
+/// The guest's `/sbin/reboot`, for the same reason.
+const GUEST_REBOOT: &str = "#!/bin/sh\necho RXEN-RXL reboot >/dev/console\nexec busybox reboot -f\n";
+
 // Boots Xen under QEMU: run by `make test-xen` (release, after `make
 // xen-host`); `make test-unit` excludes this crate.
 #[test]
@@ -250,10 +253,17 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     overlay.file("/rxen/guest.d/50-devices", 0o755, GUEST_DEVICES.as_bytes());
     overlay.file("/sbin/poweroff", 0o755, GUEST_POWEROFF.as_bytes());
     let initrd = h.guest_initrd_with("rxl", overlay)?;
-    let first = GuestConfig::new("rxl-pv", GuestKind::Pv, GuestKernel::Linux612)
+    let mut overlay = Archive::new();
+    overlay.file("/sbin/poweroff", 0o755, GUEST_POWEROFF.as_bytes());
+    overlay.file("/sbin/reboot", 0o755, GUEST_REBOOT.as_bytes());
+    let initrd2 = h.guest_initrd_with("rxl-2", overlay)?;
+    let mut first = GuestConfig::new("rxl-pv", GuestKind::Pv, GuestKernel::Linux612)
         .with_ramdisk(&initrd)
         .hold();
-    let second = GuestConfig::new("rxl-pv-2", GuestKind::Pv, GuestKernel::Linux612).hold();
+    first.vcpus = 2;
+    let second = GuestConfig::new("rxl-pv-2", GuestKind::Pv, GuestKernel::Linux612)
+        .with_ramdisk(&initrd2)
+        .hold();
     let g = h.xl_create(&first)?;
     let g2 = h.xl_create(&second)?;
     h.wait_guest_up(&g, GUEST_WAIT)?;
@@ -286,6 +296,36 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     let rxl = h.run_ok("rxl vcpu-list rxl-pv")?;
     let xl = h.run_ok("xl vcpu-list rxl-pv")?;
     same("vcpu-list", &vcpus(&rxl), &vcpus(&xl))?;
+
+    // vcpu-set: the guest's kernel takes vCPU 1 offline (xl shows it
+    // `--p`). Back to 2, the vCPU is only made available again: bringing
+    // it online is the guest's userspace's business (udev), as with xl.
+    h.run_ok("rxl vcpu-set rxl-pv 1")?;
+    let out = h.run(
+        "for i in $(seq 1 300); do \
+           case $(xl vcpu-list rxl-pv | awk '$3 == 1 {print $5}') in *p) exit 0 ;; esac; \
+           sleep 0.1; done; xl vcpu-list rxl-pv; exit 1",
+    )?;
+    ensure(out.success(), format!("after rxl vcpu-set rxl-pv 1, xl shows:\n{}", out.stdout))?;
+    h.run_ok("rxl vcpu-set rxl-pv 2")?;
+    let available = h.run_ok(&format!(
+        "xenstore-read /local/domain/{d}/cpu/0/availability /local/domain/{d}/cpu/1/availability"
+    ))?;
+    ensure(
+        available.split_whitespace().collect::<Vec<_>>() == ["online", "online"],
+        format!("availability after rxl vcpu-set rxl-pv 2: {available:?}"),
+    )?;
+
+    // list -l: the configuration xl stored, printed as xl prints it. xl
+    // also fills in the scheduler's current parameters, which rxl does not
+    // read yet: that object is left out of the comparison.
+    let rxl = h.run("rxl list -l rxl-pv")?;
+    let xl = h.run_ok("xl list -l rxl-pv")?;
+    let (rxl_cfg, xl_cfg) = (without_sched_params(&rxl.stdout), without_sched_params(&xl));
+    ensure(
+        rxl.success() && rxl_cfg == xl_cfg && xl.contains("\"name\": \"rxl-pv\""),
+        format!("list -l: rxl printed\n{}\n{}\nxl printed\n{xl}", rxl.stdout, rxl.stderr),
+    )?;
 
     h.run_ok("rxl pause rxl-pv")?;
     let paused = h.run_ok("xl list rxl-pv | tail -n 1 | awk '{print $5}'")?;
@@ -364,6 +404,17 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
          echo 'rxl-pv still listed after shutdown' >&2; exit 1",
     )?;
 
+    // reboot: the guest reboots, and xl's monitor (on_reboot=restart)
+    // makes a new domain of it.
+    let before = h.domid("rxl-pv-2")?;
+    h.run_ok("rxl reboot rxl-pv-2")?;
+    let out = h.run(&format!(
+        "for i in $(seq 1 600); do d=$(xl domid rxl-pv-2 2>/dev/null) && [ \"$d\" != {before} ] && exit 0; \
+         sleep 0.1; done; xl list; exit 1"
+    ))?;
+    ensure(out.success(), format!("rxl-pv-2 was not restarted after rxl reboot:\n{}", out.stdout))?;
+    h.wait_guest_line(&g2, "RXEN-RXL reboot", Duration::from_secs(30))?;
+
     let d2 = h.domid("rxl-pv-2")?;
     h.run_ok("rxl destroy rxl-pv-2")?;
     let left = h.run_ok(&format!(
@@ -375,6 +426,9 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The guest of [`create`] whose disk Linux's blkback serves.
+const PHY_GUEST: &str = "rxl-new-61";
 
 fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange
@@ -391,10 +445,19 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // for the time to userspace.
     let mut created = Vec::new();
     for (name, kind, kernel, address) in guests {
-        let config = GuestConfig::new(name, kind, kernel)
-            .with_test_disk("xvdb")
-            .with_network(address)
-            .hold();
+        let mut config = GuestConfig::new(name, kind, kernel).with_network(address).hold();
+        // One guest keeps Linux's in-kernel blkback for its disk
+        // (`backendtype=phy`), the others get rblkback.
+        config = if name == PHY_GUEST {
+            config
+                .with_disk(&format!(
+                    "format=raw,vdev=xvdb,access=ro,backendtype=phy,target={}",
+                    xen_harness::dom0_paths::GUEST_DISK
+                ))
+                .with_cmdline("rxen_disk=xvdb")
+        } else {
+            config.with_test_disk("xvdb")
+        };
         created.push((h.create_with(&config, "rxl")?, address));
     }
     let mut up = Vec::new();
@@ -432,6 +495,15 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         let ip = address.split('/').next().unwrap_or_default();
         h.run_ok(&format!("busybox ping -c 3 -W 5 {ip} >/dev/null"))?;
     }
+    let d = h.domid(PHY_GUEST)?;
+    let kinds = h.run_ok(&format!(
+        "xenstore-list /local/domain/0/backend/vbd/{d}; \
+         xenstore-exists /local/domain/0/backend/rvbd/{d} && echo rblkback; true"
+    ))?;
+    ensure(
+        kinds.trim() == "51728",
+        format!("{PHY_GUEST}'s disk is not Linux blkback's alone: {kinds:?}"),
+    )?;
     let rxl = h.run_ok("rxl list")?;
     let xl = h.run_ok("xl list")?;
     same("list with rxl's guests", &without_time(&rxl), &without_time(&xl))?;
@@ -607,4 +679,24 @@ fn qcow2_backing_file(h: &mut XenHost, path: &str) -> Result<String> {
         .get(offset..offset + len)
         .ok_or_else(|| xen_harness::Error::Check(format!("{path}: backing file name outside the first page")))?;
     Ok(String::from_utf8_lossy(name).into_owned())
+}
+
+/// `list -l` output without the contents of `"sched_params"`.
+fn without_sched_params(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if skipping {
+            if line.trim_start().starts_with('}') {
+                skipping = false;
+                out.push(line);
+            }
+            continue;
+        }
+        out.push(line);
+        if line.trim_start().starts_with("\"sched_params\"") {
+            skipping = true;
+        }
+    }
+    out
 }

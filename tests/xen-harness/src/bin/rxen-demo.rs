@@ -1,5 +1,6 @@
 //! Boots the Xen test host and shows two guests of different kernel
-//! versions running side by side. Run it with `make demo`.
+//! versions, built and served by the project's own toolstack, daemons and
+//! backends, running side by side. Run it with `make demo`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,8 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 use xen_harness::HostConfig;
 
-/// Boot Xen 4.17 and a Debian dom0 under QEMU, start a Linux 6.1 PVH guest
-/// and a Linux 6.12 PV guest with xl, and show them running.
+/// Boot Xen 4.17 and a Debian dom0 under QEMU (with rxenstored and
+/// rxconsoled), start a Linux 6.1 PVH guest and a Linux 6.12 PV guest with
+/// rxl, each with an rblkback disk and an rnetback vif, and show them
+/// running.
 #[derive(Debug, Parser)]
 #[command(name = "rxen-demo", version)]
 struct Args {

@@ -106,7 +106,8 @@ pub(crate) fn domain_config(
             })
         }
     };
-    serde_json::from_str(&text)
+    // libxl stores the string with its terminating NUL.
+    serde_json::from_str(text.trim_end_matches(['\0', '\n']))
         .map(Some)
         .map_err(|e| HostError::Failed(format!("{} is not JSON: {e}", path.display())))
 }
@@ -190,7 +191,8 @@ mod tests {
             .ends_with("userdata-d.3.12345678-9abc-def0-0123-456789abcdef.libxl-json"));
         assert_eq!(domain_config(&dir, 3, &UUID).unwrap(), None);
 
-        std::fs::write(&path, r#"{"c_info": {"name": "web"}}"#).unwrap();
+        // As libxl stores it: with the string's terminating NUL.
+        std::fs::write(&path, "{\"c_info\": {\"name\": \"web\"}}\n\0").unwrap();
         let lock =
             dir.join("userdata-d.3.12345678-9abc-def0-0123-456789abcdef.domain-userdata-lock");
         std::fs::write(&lock, "").unwrap();
