@@ -39,7 +39,7 @@ pub const MAXMEM_SLACK_KIB: u64 = 1024;
 const CONSOLE_LIMIT: u64 = 1_048_576;
 
 /// Pages mapped at a time while writing the boot image.
-pub(crate) const MAP_CHUNK_PAGES: u64 = 1024;
+const MAP_CHUNK_PAGES: u64 = 1024;
 
 /// Why building a domain failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,30 +108,60 @@ pub struct Built {
 }
 
 /// The guest's memory through privcmd foreign mappings, one chunk at a
-/// time, each unmapped before the next: the page tables must have no
-/// mapping left in dom0 when Xen validates them at the pin.
-struct ForeignMemory<'a> {
+/// time, each unmapped before the next: a PV guest's page tables must have
+/// no mapping left in dom0 when Xen validates them at the pin.
+pub(crate) struct ForeignMemory<'a> {
     privcmd: &'a Privcmd,
     domid: u16,
-    mfns: &'a [u64],
+    /// The machine frame of each pfn (a PV guest); `None` for a translated
+    /// (PVH) guest, whose pfns are the frames privcmd maps.
+    mfns: Option<&'a [u64]>,
 }
 
-impl ForeignMemory<'_> {
-    /// Maps pfns `first..first + count` writable and hands the bytes at
-    /// `offset` of the first page to `f`.
+impl<'a> ForeignMemory<'a> {
+    /// A PV guest's memory: pfn `n` is machine frame `mfns[n]`.
+    pub(crate) fn pv(privcmd: &'a Privcmd, domid: u16, mfns: &'a [u64]) -> Self {
+        ForeignMemory {
+            privcmd,
+            domid,
+            mfns: Some(mfns),
+        }
+    }
+
+    /// A translated guest's memory, mapped by gfn.
+    pub(crate) fn translated(privcmd: &'a Privcmd, domid: u16) -> Self {
+        ForeignMemory {
+            privcmd,
+            domid,
+            mfns: None,
+        }
+    }
+
+    /// Maps pfns `first..first + count` writable and hands the mapping to
+    /// `f`.
     fn with_pages(
         &self,
         first: u64,
         count: u64,
         f: impl FnOnce(&xen_linux::privcmd::ForeignMapping) -> Result<(), PrivcmdError>,
     ) -> Result<(), PrivcmdError> {
-        let start = usize::try_from(first).map_err(|_| PrivcmdError::Invalid("pfn out of range"))?;
-        let end = usize::try_from(first + count).map_err(|_| PrivcmdError::Invalid("pfn out of range"))?;
-        let mfns = self
-            .mfns
-            .get(start..end)
-            .ok_or(PrivcmdError::Invalid("pfn beyond the domain's memory"))?;
-        let map = self.privcmd.map_foreign(self.domid, mfns, true)?;
+        let end = first
+            .checked_add(count)
+            .ok_or(PrivcmdError::Invalid("pfn out of range"))?;
+        let map = match self.mfns {
+            Some(mfns) => {
+                let start = usize::try_from(first).map_err(|_| PrivcmdError::Invalid("pfn out of range"))?;
+                let end = usize::try_from(end).map_err(|_| PrivcmdError::Invalid("pfn out of range"))?;
+                let frames = mfns
+                    .get(start..end)
+                    .ok_or(PrivcmdError::Invalid("pfn beyond the domain's memory"))?;
+                self.privcmd.map_foreign(self.domid, frames, true)?
+            }
+            None => {
+                let gfns: Vec<u64> = (first..end).collect();
+                self.privcmd.map_foreign(self.domid, &gfns, true)?
+            }
+        };
         f(&map)
     }
 }
@@ -144,6 +174,7 @@ impl GuestMemory for ForeignMemory<'_> {
         let mut done = 0usize;
         let mut pfn = pfn + offset / page;
         let mut offset = offset % page;
+        // Ends: each round writes at least one byte (the chunk has room).
         while done < data.len() {
             let left = (data.len() - done) as u64;
             let pages = (offset + left).div_ceil(page).min(MAP_CHUNK_PAGES);
@@ -166,7 +197,10 @@ impl GuestMemory for ForeignMemory<'_> {
     fn zero(&mut self, pfn: u64, count: u64) -> Result<(), PrivcmdError> {
         let zeros = vec![0u8; (MAP_CHUNK_PAGES as usize) * PAGE_SIZE];
         let mut at = pfn;
-        let end = pfn + count;
+        let end = pfn
+            .checked_add(count)
+            .ok_or(PrivcmdError::Invalid("pfn out of range"))?;
+        // Ends: `at` grows by at least one page a round.
         while at < end {
             let pages = (end - at).min(MAP_CHUNK_PAGES);
             let len = pages as usize * PAGE_SIZE;
@@ -415,11 +449,7 @@ fn build<X: Xenstore + ?Sized>(
         .map_err(xen("reading the domain's info"))?
         .ok_or_else(|| CreateError::Build(format!("domain {domid} vanished while being built")))?;
 
-    let mut memory = ForeignMemory {
-        privcmd,
-        domid,
-        mfns: &mfns,
-    };
+    let mut memory = ForeignMemory::pv(privcmd, domid, &mfns);
     let start = StartInfoParams {
         shared_info_mfn: info.shared_info_frame,
         store_evtchn: store_port,

@@ -49,12 +49,12 @@ use rxen_builder::pvh::{
     SPECIALPAGE_BUFIOREQ, SPECIALPAGE_CONSOLE, SPECIALPAGE_IDENT_PT, SPECIALPAGE_IOREQ,
     SPECIALPAGE_PAGING, SPECIALPAGE_SHARING, SPECIALPAGE_XENSTORE, X86_HVM_NR_SPECIAL_PAGES,
 };
-use xen_linux::privcmd::{ForeignMapping, Privcmd, PrivcmdError};
+use xen_linux::privcmd::{Privcmd, PrivcmdError};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::{
     destroy_partial, kernel_elf, random_uuid, store, write_store, xen, Built, CreateError,
-    MAP_CHUNK_PAGES, MAXMEM_SLACK_KIB,
+    MAXMEM_SLACK_KIB,
 };
 use crate::config::{DomainConfig, DomainType};
 
@@ -314,7 +314,7 @@ fn build<X: Xenstore + ?Sized>(
     )?;
 
     // alloc_magic_pages_hvm.
-    let mut memory = GfnMemory { privcmd, domid };
+    let mut memory = super::ForeignMemory::translated(privcmd, domid);
     timed(
         name,
         |_| "special pages populated and cleared, HVM parameters set".into(),
@@ -503,80 +503,6 @@ fn with_sources(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// The guest's memory through privcmd foreign mappings of its gfns (a
-/// translated guest's pfns are gfns), one chunk at a time.
-struct GfnMemory<'a> {
-    privcmd: &'a Privcmd,
-    domid: u16,
-}
-
-impl GfnMemory<'_> {
-    /// Maps gfns `first..first + count` writable and hands the mapping to `f`.
-    fn with_pages(
-        &self,
-        first: u64,
-        count: u64,
-        f: impl FnOnce(&ForeignMapping) -> Result<(), PrivcmdError>,
-    ) -> Result<(), PrivcmdError> {
-        let end = first
-            .checked_add(count)
-            .ok_or(PrivcmdError::Invalid("gfn out of range"))?;
-        let gfns: Vec<u64> = (first..end).collect();
-        let map = self.privcmd.map_foreign(self.domid, &gfns, true)?;
-        f(&map)
-    }
-}
-
-impl GuestMemory for GfnMemory<'_> {
-    type Error = PrivcmdError;
-
-    fn write(&mut self, pfn: u64, offset: u64, data: &[u8]) -> Result<(), PrivcmdError> {
-        let mut done = 0usize;
-        let mut pfn = pfn + offset / PAGE;
-        let mut offset = offset % PAGE;
-        // Ends: each round writes at least one byte (the chunk has room).
-        while done < data.len() {
-            let left = (data.len() - done) as u64;
-            let pages = (offset + left).div_ceil(PAGE).min(MAP_CHUNK_PAGES);
-            let room = pages * PAGE - offset;
-            let n = usize::try_from(left.min(room))
-                .map_err(|_| PrivcmdError::Invalid("write too large"))?;
-            let chunk = &data[done..done + n];
-            let at = usize::try_from(offset)
-                .map_err(|_| PrivcmdError::Invalid("offset out of range"))?;
-            self.with_pages(pfn, pages, |map| {
-                map.memory()
-                    .write(at, chunk)
-                    .map_err(|e| PrivcmdError::Unexpected(e.to_string()))
-            })?;
-            done += n;
-            pfn += pages;
-            offset = 0;
-        }
-        Ok(())
-    }
-
-    fn zero(&mut self, pfn: u64, count: u64) -> Result<(), PrivcmdError> {
-        let zeros = vec![0u8; (MAP_CHUNK_PAGES * PAGE) as usize];
-        let mut at = pfn;
-        let end = pfn
-            .checked_add(count)
-            .ok_or(PrivcmdError::Invalid("gfn out of range"))?;
-        // Ends: `at` grows by at least one page a round.
-        while at < end {
-            let pages = (end - at).min(MAP_CHUNK_PAGES);
-            let len = (pages * PAGE) as usize;
-            self.with_pages(at, pages, |map| {
-                map.memory()
-                    .write(0, &zeros[..len])
-                    .map_err(|e| PrivcmdError::Unexpected(e.to_string()))
-            })?;
-            at += pages;
-        }
-        Ok(())
-    }
 }
 
 /// The guest's RAM as pfn ranges: below the MMIO hole, and above 4 GiB
