@@ -1,7 +1,8 @@
 # rxen: a Xen-style paravirtualization stack in Rust.
 #
-#   make demo   boot the Xen test host, start guests, show them working
-#   make test   everything CI runs: clippy, unit tests, loopback tests, fuzz smoke, Xen host scenarios
+#   make demo           boot the Xen test host, start guests, show them working
+#   make test           everything CI runs: clippy, unit tests, loopback tests, fuzz smoke, Xen host scenarios
+#   make guest-kernel   build (or reuse) the project's patched Linux 6.12 guest kernel (kernel-patches/)
 #
 # Slow artifacts (Debian packages, dom0 root, guest images) live outside the
 # clone, in $(RXEN_CACHE), keyed by package versions and input hashes.
@@ -10,7 +11,7 @@ CARGO       ?= cargo
 RXEN_CACHE  ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rxen
 export RXEN_CACHE
 
-.PHONY: all build deps test test-unit test-fuzz test-xen xen-host demo bench fuzz clippy clean
+.PHONY: all build deps test test-unit test-fuzz test-xen guest-kernel xen-host demo bench fuzz clippy clean
 
 all: build
 
@@ -32,7 +33,13 @@ test-unit: deps
 test-fuzz: deps
 	./scripts/fuzz.sh smoke
 
-# Build (or reuse from the cache) the Xen test host: QEMU, Xen 4.17, dom0, guests.
+# Build (or reuse from the cache) the project's guest kernel: Debian's
+# Linux 6.12 source with kernel-patches/series/ applied, Rust enabled.
+guest-kernel: deps
+	./kernel-patches/build.sh
+
+# Build (or reuse from the cache) the Xen test host: QEMU, Xen 4.17, dom0,
+# guests (Debian's kernels and guest-kernel's, which its build.sh builds).
 xen-host: deps
 	./tests/xen-host/build.sh
 
@@ -56,6 +63,7 @@ bench: xen-host
 	$(CARGO) bench -p rxen-bench
 	$(CARGO) bench -p xen-scenarios --bench xenstored
 	$(CARGO) bench -p xen-scenarios --bench blk
+	$(CARGO) bench -p xen-scenarios --bench kernel_blk
 	$(CARGO) bench -p xen-scenarios --bench net
 
 fuzz: deps

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds (or reuses from the cache) the Xen test host: Xen 4.17, a Debian
 # dom0 (kernel 6.1), guest kernels 6.1 and 6.12, a guest initramfs and a
-# small ext4 disk image. Everything comes from Debian's archive.
+# small ext4 disk image. Everything comes from Debian's archive, except the
+# project's own 6.12 guest kernel, which kernel-patches/build.sh builds (or
+# reuses) from Debian's linux-source-6.12 and the project's patch series.
 #
 # Output: $RXEN_CACHE/host/current, an env-style manifest that the Rust
 # harness (tests/xen-harness) reads. Each artifact lives in a directory
@@ -16,6 +18,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 RXEN_CACHE=${RXEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rxen}
 HOST_DIR=$RXEN_CACHE/host
 DEBS=$RXEN_CACHE/debs
@@ -60,7 +63,15 @@ for p in $GUEST_E2FS_DEBS; do GUEST_E2FS_VERS="$GUEST_E2FS_VERS $p=$(candidate "
 DOM0_KVER=${DOM0_PKG#linux-image-}
 GUEST61_KVER=${GUEST61_PKG#linux-image-}
 GUEST612_KVER=${GUEST612_PKG#linux-image-}
-log "xen $XEN_VER; dom0 $DOM0_KVER ($DOM0_VER); guests $GUEST61_KVER ($GUEST61_VER), $GUEST612_KVER ($GUEST612_VER)"
+# The project's guest kernel: its cache directory (vmlinuz, config, release,
+# source-version, modules/), named by its key.
+RXEN_KERNEL_DIR=$(RXEN_CACHE=$RXEN_CACHE "$ROOT/kernel-patches/build.sh" | tail -n1) ||
+    die "building the project's guest kernel (kernel-patches/build.sh) failed"
+[ -f "$RXEN_KERNEL_DIR/.complete" ] || die "kernel-patches/build.sh named no kernel directory"
+RXEN_KERNEL_KEY=${RXEN_KERNEL_DIR##*/}
+RXEN_KVER=$(cat "$RXEN_KERNEL_DIR/release")
+RXEN_KERNEL_VER=$(cat "$RXEN_KERNEL_DIR/source-version")+${RXEN_KERNEL_KEY:0:8}
+log "xen $XEN_VER; dom0 $DOM0_KVER ($DOM0_VER); guests $GUEST61_KVER ($GUEST61_VER), $GUEST612_KVER ($GUEST612_VER), $RXEN_KVER ($RXEN_KERNEL_VER)"
 
 # --- Components ----------------------------------------------------------------
 
@@ -144,11 +155,17 @@ build_fio() {
 GUEST_MODULES="xen-blkfront xen-netfront xen-evtchn xen-gntdev xen-gntalloc
 xen-privcmd xenfs nbd tun"
 
-# Guest kernels and one busybox initramfs that carries the modules of both
-# kernels and the C runtime (so that dynamically linked project binaries,
+# The project's kernel: the same, those of them it builds as modules (its
+# tinyconfig-based config builds in most of the rest), and the Rust block
+# frontend once the series adds it.
+RXEN_GUEST_MODULES="xen-blkfront xen_blkfront_rs xen-netfront xen-evtchn xen-gntdev
+xen-gntalloc"
+
+# Guest kernels and one busybox initramfs that carries the modules of all
+# three kernels and the C runtime (so that dynamically linked project binaries,
 # added as an overlay at run time, can run in a guest).
 build_guest() {
-    local out=$1 root bb libc libgcc kpkg kver kver_var k mods m order
+    local out=$1 root bb libc libgcc kpkg kver kver_var k mods m order have want
     root=$WORK/guest-root
     mkdir -p "$root"
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,mnt,run,root,lib64,usr/bin,usr/sbin}
@@ -207,6 +224,34 @@ build_guest() {
         done
         depmod -b "$root" "$kver"
     done
+
+    # The project's kernel: the modules of RXEN_GUEST_MODULES it has (by
+    # name, "-" and "_" alike), with their dependencies, in that order.
+    kver=$RXEN_KVER
+    k=$WORK/rxen-modules
+    mkdir -p "$k/lib/modules"
+    cp -a "$RXEN_KERNEL_DIR/modules" "$k/lib/modules/$kver"
+    have=" $(find "$k/lib/modules/$kver" -name '*.ko' -printf '%f\n' | sed 's/\.ko$//' | tr - _ | tr '\n' ' ')"
+    want=()
+    for m in $RXEN_GUEST_MODULES; do
+        case $have in *" ${m//-/_} "*) want+=("$m") ;; esac
+    done
+    mods=""
+    [ ${#want[@]} -eq 0 ] || mods=$(module_closure "$k" "$kver" "${want[@]}")
+    order=$root/lib/modules/$kver/rxen-load-order
+    mkdir -p "$root/lib/modules/$kver"
+    for m in modules.order modules.builtin modules.builtin.modinfo; do
+        [ ! -f "$k/lib/modules/$kver/$m" ] || cp "$k/lib/modules/$kver/$m" "$root/lib/modules/$kver/"
+    done
+    : >"$order"
+    for m in $mods; do
+        install -D -m 0644 "$k/lib/modules/$kver/$m" "$root/lib/modules/$kver/$m"
+        printf '%s\n' "$m" >>"$order"
+    done
+    depmod -b "$root" "$kver"
+    cp "$RXEN_KERNEL_DIR/vmlinuz" "$out/vmlinuz-$kver"
+    cp "$RXEN_KERNEL_DIR/config" "$out/config-$kver"
+
     install -m 0755 "$HERE/guest/init" "$root/init"
     # Uncompressed: decompressing in a guest under software emulation costs
     # seconds (measured: 8.6 s for gzip in a PVH guest), copying does not.
@@ -237,7 +282,8 @@ XEN_KEY=$(recipe_key build_xen "$XEN_VER")
 DOM0_KEY=$(recipe_key build_dom0 "$XEN_UTILS_VER" "$DOM0_PKG=$DOM0_VER" "$SUITE" \
     "$DOM0_MODULES" "$DOM0_PACKAGES" "$(hash_files "$HERE/lib.sh" "$HERE/dom0/init" "$HERE/dom0/rxen-agent")")
 GUEST_KEY=$(recipe_key build_guest "$GUEST61_PKG=$GUEST61_VER" "$GUEST612_PKG=$GUEST612_VER" \
-    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_E2FS_VERS" "$FIO_KEY" "$GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
+    "$BUSYBOX_VER" "$LIBC_VER" "$LIBGCC_VER" "$GUEST_E2FS_VERS" "$FIO_KEY" "$GUEST_MODULES" \
+    "rxen-kernel=$RXEN_KERNEL_KEY" "$RXEN_GUEST_MODULES" "$(hash_files "$HERE/lib.sh" "$HERE/guest/init")")
 DISK_KEY=$(recipe_key build_disk)
 
 cached fio "$FIO_KEY" build_fio; FIO_OUT=$REPLY
@@ -264,6 +310,9 @@ GUEST_KERNEL_61_VERSION=$GUEST61_VER
 GUEST_KERNEL_612=$GUEST_OUT/vmlinuz-$GUEST612_KVER
 GUEST_KERNEL_612_RELEASE=$GUEST612_KVER
 GUEST_KERNEL_612_VERSION=$GUEST612_VER
+GUEST_KERNEL_RXEN=$GUEST_OUT/vmlinuz-$RXEN_KVER
+GUEST_KERNEL_RXEN_RELEASE=$RXEN_KVER
+GUEST_KERNEL_RXEN_VERSION=$RXEN_KERNEL_VER
 GUEST_INITRD=$GUEST_OUT/initrd.img
 GUEST_DISK=$DISK_OUT/disk.img
 GUEST_DISK_FILE=rxen/known.bin

@@ -180,12 +180,14 @@ impl HostConfig {
         words.join(" ")
     }
 
-    /// The archive appended to dom0's initramfs: guest kernels, initramfs
-    /// and test disk, then the scenario's files.
+    /// The archive appended to dom0's initramfs: guest kernels (Debian's
+    /// and, when the host has it, the project's), initramfs and test disk,
+    /// then the scenario's files.
     fn overlay(&self) -> Result<Archive> {
         let m = &self.manifest;
         let mut a = Archive::new();
-        for k in GuestKernel::ALL {
+        let rxen = Some(GuestKernel::Rxen612).filter(|&k| m.has_guest_kernel(k));
+        for k in GuestKernel::ALL.into_iter().chain(rxen) {
             a.host_file(
                 &guest_kernel_path(m.guest_release(k)?),
                 &m.guest_kernel(k)?,

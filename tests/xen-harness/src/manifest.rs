@@ -16,16 +16,22 @@ pub enum GuestKernel {
     Linux61,
     /// Debian 12's 6.12 (backports) cloud kernel.
     Linux612,
+    /// The project's patched 6.12 guest kernel from kernel-patches/
+    /// (Debian's linux-source-6.12 with the series applied, Rust enabled).
+    Rxen612,
 }
 
 impl GuestKernel {
-    /// Both kernels, oldest first.
+    /// Debian's two kernels, oldest first. The project's own kernel
+    /// ([`GuestKernel::Rxen612`]) is not among them: a host may lack it
+    /// (see [`Manifest::has_guest_kernel`]).
     pub const ALL: [GuestKernel; 2] = [GuestKernel::Linux61, GuestKernel::Linux612];
 
     fn key(self) -> &'static str {
         match self {
             GuestKernel::Linux61 => "GUEST_KERNEL_61",
             GuestKernel::Linux612 => "GUEST_KERNEL_612",
+            GuestKernel::Rxen612 => "GUEST_KERNEL_RXEN",
         }
     }
 }
@@ -122,6 +128,10 @@ impl Manifest {
     pub fn dom0_release(&self) -> Result<&str> {
         self.get("DOM0_KERNEL_RELEASE")
     }
+    /// Whether the host carries guest kernel `k`.
+    pub fn has_guest_kernel(&self, k: GuestKernel) -> bool {
+        self.entries.contains_key(k.key())
+    }
     /// A guest kernel image.
     pub fn guest_kernel(&self, k: GuestKernel) -> Result<PathBuf> {
         self.path_of(k.key())
@@ -130,7 +140,9 @@ impl Manifest {
     pub fn guest_release(&self, k: GuestKernel) -> Result<&str> {
         self.get(&format!("{}_RELEASE", k.key()))
     }
-    /// The Debian package version of a guest kernel.
+    /// The Debian package version of a guest kernel (for
+    /// [`GuestKernel::Rxen612`]: linux-source-6.12's, then `+` and the start of
+    /// the kernel's cache key).
     pub fn guest_package_version(&self, k: GuestKernel) -> Result<&str> {
         self.get(&format!("{}_VERSION", k.key()))
     }
@@ -168,6 +180,23 @@ mod tests {
             m.guest_release(GuestKernel::Linux612).unwrap(),
             "6.12.117+deb12-cloud-amd64"
         );
+    }
+
+    #[test]
+    fn rxen_kernel_is_optional() {
+        let m = Manifest::parse(Path::new("m"), "GUEST_KERNEL_612=/c/vmlinuz\n");
+        assert!(m.has_guest_kernel(GuestKernel::Linux612));
+        assert!(!m.has_guest_kernel(GuestKernel::Rxen612));
+        let m = Manifest::parse(
+            Path::new("m"),
+            "GUEST_KERNEL_RXEN=/c/vmlinuz-6.12.117-rxen\nGUEST_KERNEL_RXEN_RELEASE=6.12.117-rxen\n",
+        );
+        assert!(m.has_guest_kernel(GuestKernel::Rxen612));
+        assert_eq!(
+            m.guest_release(GuestKernel::Rxen612).unwrap(),
+            "6.12.117-rxen"
+        );
+        assert!(!GuestKernel::ALL.contains(&GuestKernel::Rxen612));
     }
 
     #[test]

@@ -92,16 +92,69 @@ pub const RBLKBACK_KIND: &str = "rvbd";
 pub fn attach_rblkback(h: &mut XenHost, guest: &str, devid: u32, image: &str, args: &str) -> Result<()> {
     let mode = if args.contains("--read-only") { "r" } else { "w" };
     let kind = RBLKBACK_KIND;
+    attach_vbd(
+        h,
+        guest,
+        devid,
+        image,
+        mode,
+        &format!("rblkback --kind {kind} --domid $d --devid {devid} --path {image} {args}"),
+        "rblkback",
+    )
+}
+
+/// Attaches to guest `guest` a disk "served" by `rogue-blkback`, the
+/// test-only backend that answers every request with responses a frontend
+/// must refuse, as `mode` says (`bad-id-and-status`, `overrun`, `bad-id`,
+/// `bad-status`; see `rogue-blkback --help`). The directories are
+/// [`attach_rblkback`]'s (kind [`RBLKBACK_KIND`], a writable disk whose
+/// `params` only names the mode); the process logs each request and its
+/// answer to `/var/log/xen/rogue-blkback-DOMID-DEVID.log`, and exits when
+/// the frontend closes or the backend directory is removed.
+///
+/// The binary must be in dom0: boot the host with
+/// `HostConfig::with_project_binary("rogue-blkback")` (which takes
+/// `target/release/rogue-blkback`: build it with `cargo build --release
+/// -p rogue-blkback` first).
+pub fn attach_rogue_blkback(h: &mut XenHost, guest: &str, devid: u32, mode: &str) -> Result<()> {
+    let kind = RBLKBACK_KIND;
+    attach_vbd(
+        h,
+        guest,
+        devid,
+        &format!("rogue-blkback:{mode}"),
+        "w",
+        &format!("rogue-blkback --kind {kind} --domid $d --devid {devid} --mode {mode}"),
+        "rogue-blkback",
+    )
+}
+
+/// What [`attach_rblkback`] and [`attach_rogue_blkback`] share: writes the
+/// backend directory of vbd `devid` of guest `guest` (kind
+/// [`RBLKBACK_KIND`], with `params` and `mode`), starts `backend` (a shell
+/// command line, in which `$d` is the guest's domain id) in the background
+/// logging to `/var/log/xen/LOG-DOMID-DEVID.log`, then writes the frontend
+/// directory.
+fn attach_vbd(
+    h: &mut XenHost,
+    guest: &str,
+    devid: u32,
+    params: &str,
+    mode: &str,
+    backend: &str,
+    log: &str,
+) -> Result<()> {
+    let kind = RBLKBACK_KIND;
     h.run_ok(&format!(
         r#"set -e
 d=$(xl domid {guest})
 be=/local/domain/0/backend/{kind}/$d/{devid}
 fe=/local/domain/$d/device/vbd/{devid}
 xenstore-write $be/frontend $fe $be/frontend-id $d $be/online 1 $be/state 1 \
-    $be/params {image} $be/mode {mode} $be/device-type disk
+    $be/params {params} $be/mode {mode} $be/device-type disk
 xenstore-chmod -r $be n0 r$d
-rblkback --kind {kind} --domid $d --devid {devid} --path {image} {args} \
-    >/var/log/xen/rblkback-$d-{devid}.log 2>&1 &
+{backend} \
+    >/var/log/xen/{log}-$d-{devid}.log 2>&1 &
 # The guest owns its frontend directory before anything in it appears
 # (new nodes inherit it), and `state` comes last: blkfront probes the
 # device when it sees the directory with a state.
@@ -113,6 +166,52 @@ xenstore-write $fe/state 1
     ))?;
     Ok(())
 }
+
+/// A guest's disk check (an overlay script for `/rxen/guest.d/`): waits for each disk named in `rxen_blk` (space
+/// separated, `NAME:rw` or `NAME:ro`), then for a writable disk makes
+/// ext4, writes 16 MiB of random data, remounts after dropping caches and
+/// checks it, and runs fsck; for a read-only disk checks that writing
+/// fails and that the test file on it has the expected checksum.
+pub const BLK_CHECK_SCRIPT: &str = r#"#!/bin/sh
+for spec in $rxen_blk; do
+    name=${spec%%:*}; mode=${spec#*:}; dev=/dev/$name
+    i=0; while [ ! -b $dev ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b $dev ]; then echo "RXEN-BLK $name FAIL no device"; continue; fi
+    echo "RXEN-BLK $name size=$(cat /sys/block/$name/size) ro=$(cat /sys/block/$name/ro)"
+    mkdir -p /mnt/$name
+    if [ "$mode" = ro ]; then
+        if dd if=/dev/zero of=$dev bs=4096 count=1 conv=fsync 2>/dev/null; then w=allowed; else w=refused; fi
+        mount -t ext4 -o ro $dev /mnt/$name &&
+            sum=$(sha256sum /mnt/$name/rxen/known.bin | cut -d' ' -f1) && umount /mnt/$name
+        echo "RXEN-BLK $name RO write=$w sha256=$sum"
+        continue
+    fi
+    mkfs.ext4 -q -F $dev || { echo "RXEN-BLK $name FAIL mkfs"; continue; }
+    mount -t ext4 $dev /mnt/$name || { echo "RXEN-BLK $name FAIL mount"; continue; }
+    dd if=/dev/urandom of=/mnt/$name/data bs=1M count=16 2>/dev/null
+    sum=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
+    umount /mnt/$name
+    echo 3 >/proc/sys/vm/drop_caches
+    mount -t ext4 -o ro $dev /mnt/$name && sum2=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
+    umount /mnt/$name
+    fsck.ext4 -fn $dev >/dev/null 2>&1; fsck=$?
+    # fio on the mounted file system: sequential and random writes, each
+    # verified by reading back (crc32c per block).
+    mount -t ext4 $dev /mnt/$name
+    fio --name=seq --filename=/mnt/$name/fio-seq --size=24M --rw=write --bs=1M \
+        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-seq.log 2>&1; seq=$?
+    fio --name=rand --filename=/mnt/$name/fio-rand --size=8M --rw=randwrite --bs=4k \
+        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-rand.log 2>&1; rand=$?
+    umount /mnt/$name
+    echo "RXEN-BLK $name FIO seq=$seq rand=$rand"
+    [ $seq = 0 ] && [ $rand = 0 ] || tail -5 /tmp/fio-seq.log /tmp/fio-rand.log
+    if [ "$sum" = "$sum2" ] && [ $fsck = 0 ]; then
+        echo "RXEN-BLK $name PASS sha256=$sum"
+    else
+        echo "RXEN-BLK $name FAIL wrote=$sum read=$sum2 fsck=$fsck"
+    fi
+done
+"#;
 
 /// rnetback's backend kind on the test host (`backend/rvif/...`), so that
 /// Linux's in-kernel netback, which serves `vif`, never claims its devices.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use xen_harness::cpio::Archive;
 use xen_harness::{project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost};
-use xen_scenarios::{attach_rblkback, boot, ensure, init_logging, Figures, RBLKBACK_KIND};
+use xen_scenarios::{attach_rblkback, boot, ensure, init_logging, Figures, BLK_CHECK_SCRIPT, RBLKBACK_KIND};
 
 /// Time allowed for guests to reach userspace and finish their disk work
 /// (software emulation).
@@ -34,52 +34,6 @@ const KIND: &str = RBLKBACK_KIND;
 /// xvdb and xvdc as Xen's virtual device numbers.
 const XVDB: u32 = 51728;
 const XVDC: u32 = 51744;
-
-/// The guest's side: waits for each disk named in `rxen_blk` (space
-/// separated, `NAME:rw` or `NAME:ro`), then for a writable disk makes
-/// ext4, writes 16 MiB of random data, remounts after dropping caches and
-/// checks it, and runs fsck; for a read-only disk checks that writing
-/// fails and that the test file on it has the expected checksum.
-const GUEST_SCRIPT: &str = r#"#!/bin/sh
-for spec in $rxen_blk; do
-    name=${spec%%:*}; mode=${spec#*:}; dev=/dev/$name
-    i=0; while [ ! -b $dev ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
-    if [ ! -b $dev ]; then echo "RXEN-BLK $name FAIL no device"; continue; fi
-    echo "RXEN-BLK $name size=$(cat /sys/block/$name/size) ro=$(cat /sys/block/$name/ro)"
-    mkdir -p /mnt/$name
-    if [ "$mode" = ro ]; then
-        if dd if=/dev/zero of=$dev bs=4096 count=1 conv=fsync 2>/dev/null; then w=allowed; else w=refused; fi
-        mount -t ext4 -o ro $dev /mnt/$name &&
-            sum=$(sha256sum /mnt/$name/rxen/known.bin | cut -d' ' -f1) && umount /mnt/$name
-        echo "RXEN-BLK $name RO write=$w sha256=$sum"
-        continue
-    fi
-    mkfs.ext4 -q -F $dev || { echo "RXEN-BLK $name FAIL mkfs"; continue; }
-    mount -t ext4 $dev /mnt/$name || { echo "RXEN-BLK $name FAIL mount"; continue; }
-    dd if=/dev/urandom of=/mnt/$name/data bs=1M count=16 2>/dev/null
-    sum=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
-    umount /mnt/$name
-    echo 3 >/proc/sys/vm/drop_caches
-    mount -t ext4 -o ro $dev /mnt/$name && sum2=$(sha256sum /mnt/$name/data | cut -d' ' -f1)
-    umount /mnt/$name
-    fsck.ext4 -fn $dev >/dev/null 2>&1; fsck=$?
-    # fio on the mounted file system: sequential and random writes, each
-    # verified by reading back (crc32c per block).
-    mount -t ext4 $dev /mnt/$name
-    fio --name=seq --filename=/mnt/$name/fio-seq --size=24M --rw=write --bs=1M \
-        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-seq.log 2>&1; seq=$?
-    fio --name=rand --filename=/mnt/$name/fio-rand --size=8M --rw=randwrite --bs=4k \
-        --direct=1 --ioengine=psync --verify=crc32c --verify_fatal=1 >/tmp/fio-rand.log 2>&1; rand=$?
-    umount /mnt/$name
-    echo "RXEN-BLK $name FIO seq=$seq rand=$rand"
-    [ $seq = 0 ] && [ $rand = 0 ] || tail -5 /tmp/fio-seq.log /tmp/fio-rand.log
-    if [ "$sum" = "$sum2" ] && [ $fsck = 0 ]; then
-        echo "RXEN-BLK $name PASS sha256=$sum"
-    else
-        echo "RXEN-BLK $name FAIL wrote=$sum read=$sum2 fsck=$fsck"
-    fi
-done
-"#;
 
 /// The suite check's guest side: the shared base is the test disk (ext4
 /// with `rxen/known.bin`); each guest writes its own file through its
@@ -213,7 +167,7 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
          truncate -s 128M /var/lib/rxen/p61.img /var/lib/rxen/pv.img\n",
     )?;
     let mut overlay = Archive::new();
-    overlay.file("/rxen/guest.d/20-blk", 0o755, GUEST_SCRIPT.as_bytes());
+    overlay.file("/rxen/guest.d/20-blk", 0o755, BLK_CHECK_SCRIPT.as_bytes());
     let initrd = h.guest_initrd_with("blk", overlay)?;
     let p61 = GuestConfig::new("blk-pv-61", GuestKind::Pv, GuestKernel::Linux61)
         .with_ramdisk(&initrd)
