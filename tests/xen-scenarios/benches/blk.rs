@@ -15,21 +15,13 @@ use std::time::Duration;
 
 use xen_harness::cpio::Archive;
 use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
-use xen_scenarios::{attach_rblkback, boot, init_logging, Figures};
+use xen_scenarios::{attach_rblkback, boot, fio, init_logging, Figures};
 
 const XVDB: u32 = 51728;
 const SIZE_MIB: u32 = 128;
 const ROUNDS: usize = 3;
 /// (device, backend) in the guest.
 const DISKS: [(&str, &str); 3] = [("xvdb", "rblkback"), ("xvdc", "blkback"), ("xvdd", "qdisk")];
-/// (job, fio arguments, reported as MB/s (true) or IOPS (false)).
-const JOBS: [(&str, &str, bool); 4] = [
-    ("seq-write-1M", "--rw=write --bs=1M --iodepth=8", true),
-    ("seq-read-1M", "--rw=read --bs=1M --iodepth=8", true),
-    ("rand-read-4K-qd1", "--rw=randread --bs=4k --iodepth=1", false),
-    ("rand-read-4K-qd32", "--rw=randread --bs=4k --iodepth=32", false),
-];
-
 fn guest_script(seconds: u32) -> String {
     let mut s = String::from(
         "#!/bin/sh\nfor d in xvdb xvdc xvdd; do\n  i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n  [ -b /dev/$d ] || echo \"RXEN-FIO missing $d\"\ndone\n",
@@ -37,14 +29,9 @@ fn guest_script(seconds: u32) -> String {
     s.push_str(&format!("for round in $(seq {ROUNDS}); do\n"));
     s.push_str("  case $round in 1) order='xvdb xvdc xvdd' ;; 2) order='xvdc xvdd xvdb' ;; *) order='xvdd xvdb xvdc' ;; esac\n");
     s.push_str("  for d in $order; do\n");
-    for (job, args, _) in JOBS {
-        // Terse output: field 7/8 = read KiB/s / IOPS, 48/49 = write.
-        s.push_str(&format!(
-            "    fio --name={job} --filename=/dev/$d --direct=1 --ioengine=io_uring {args} \
-             --size={SIZE_MIB}M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | \
-             awk -F';' -v d=$d -v r=$round '{{print \"RXEN-FIO dev=\" d \" round=\" r \" job={job} rkib=\" $7 \" riops=\" $8 \" wkib=\" $48 \" wiops=\" $49}}' || \
-             echo \"RXEN-FIO dev=$d job={job} failed $(cat /tmp/fio.err)\"\n"
-        ));
+    for job in &fio::JOBS {
+        s.push_str("    ");
+        s.push_str(&fio::command(job, "/dev/$d", SIZE_MIB, seconds, "dev=$d round=$round"));
     }
     s.push_str("  done\ndone\necho RXEN-FIO done\n");
     s
@@ -75,7 +62,7 @@ fn main() {
 }
 
 /// rows[job][backend] = per-round values.
-type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+type Rows = fio::Rows;
 
 fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     h.run_ok(&format!(
@@ -102,38 +89,11 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     let _ = h.xl_destroy(&g.name);
 
     let backend_of: BTreeMap<&str, &str> = DISKS.into_iter().collect();
-    let mut rows = Rows::new();
-    for line in console.lines().filter_map(|l| l.split_once("RXEN-FIO ").map(|(_, r)| r)) {
-        println!("  {line}");
-        let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
-        let (Some(dev), Some(job)) = (kv.get("dev"), kv.get("job")) else {
-            continue;
-        };
-        let Some((_, _, mbps)) = JOBS.iter().find(|(j, _, _)| j == job) else {
-            continue;
-        };
-        let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let value = match (*mbps, job.contains("write")) {
-            (true, true) => num("wkib") * 1024.0 / 1e6,
-            (true, false) => num("rkib") * 1024.0 / 1e6,
-            (false, true) => num("wiops"),
-            (false, false) => num("riops"),
-        };
-        rows.entry((*job).to_owned())
-            .or_default()
-            .entry(backend_of.get(dev).copied().unwrap_or(dev).to_owned())
-            .or_default()
-            .push(value);
-    }
+    let rows = fio::rows(&console, &fio::JOBS, "dev", |d| backend_of.get(d).copied().unwrap_or(d).to_owned());
     Ok(rows)
 }
 
 fn print_table(rows: &Rows, seconds: u32) {
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
     println!(
         "\nblock backends, same 6.12 PV guest, same fio jobs ({seconds} s each, median of {ROUNDS} rounds), {SIZE_MIB} MiB images on a dom0 tmpfs:"
     );
@@ -142,8 +102,8 @@ fn print_table(rows: &Rows, seconds: u32) {
         "job", "rblkback", "blkback", "qdisk", "r/blk", "r/qdisk"
     );
     let mut met = true;
-    for (job, _, mbps) in JOBS {
-        let get = |b: &str| rows.get(job).and_then(|r| r.get(b)).map_or(0.0, |v| median(v));
+    for (job, _, mbps) in fio::JOBS {
+        let get = |b: &str| fio::median(rows, job, b);
         let (r, k, q) = (get("rblkback"), get("blkback"), get("qdisk"));
         met &= r >= k && r >= 1.5 * q;
         println!(

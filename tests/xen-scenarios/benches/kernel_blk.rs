@@ -1,62 +1,46 @@
 //! `make bench` on the Xen test host: the project's guest kernel with its
 //! Rust block frontend (`xen_blkfront_rs`) against the C `xen-blkfront` of
-//! the same kernel, same guest, same disk and backend.
+//! the same kernel, same guest configuration, same disk and backend
+//! (`RXEN_BLK_BENCH_SECONDS` per job, default 4).
 //!
-//! One 6.12 PV guest (the patched kernel, 2 vCPUs) gets one disk, an image
-//! on a dom0 tmpfs served by Linux's in-kernel blkback. The guest swaps the
-//! frontend module between rounds (rmmod one, insmod the other: the vbd
-//! disconnects and reconnects), in rotating order, and runs the same `fio`
-//! jobs with each: sequential 1 MiB write and read (MB/s, 8 in flight) and
+//! A 6.12 PV guest (the patched kernel, 2 vCPUs, 512 MiB) gets one disk,
+//! an image on a dom0 tmpfs served by Linux's in-kernel blkback, and loads
+//! one of the two frontends (`rxen_skip` keeps the other out). It runs the
+//! same `fio` jobs: sequential 1 MiB write and read (MB/s, 8 in flight) and
 //! 4 KiB random read at queue depth 1 and 32 (IOPS), all O_DIRECT through
-//! io_uring. Prints the median of the rounds and the ratio Rust / C (goal
-//! >= 1.0 on every line).
+//! io_uring, then powers off. One guest per driver per round, the drivers'
+//! order rotating over the rounds. Prints the median of the rounds and the
+//! ratio Rust / C (goal >= 1.0 on every line).
+//!
+//! (One guest swapping modules does not work: a bound vbd holds its
+//! driver's module, and after an unbind the C driver cannot reconnect the
+//! closed device to blkback.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use xen_harness::cpio::Archive;
 use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
-use xen_scenarios::{boot, init_logging, Figures};
+use xen_scenarios::{boot, fio, init_logging, Figures};
 
 const SIZE_MIB: u32 = 128;
-const ROUNDS: usize = 3;
-/// (module, label).
-const DRIVERS: [(&str, &str); 2] = [("xen_blkfront_rs", "rust"), ("xen-blkfront", "c")];
-/// (job, fio arguments, reported as MB/s (true) or IOPS (false)).
-const JOBS: [(&str, &str, bool); 4] = [
-    ("seq-write-1M", "--rw=write --bs=1M --iodepth=8", true),
-    ("seq-read-1M", "--rw=read --bs=1M --iodepth=8", true),
-    ("rand-read-4K-qd1", "--rw=randread --bs=4k --iodepth=1", false),
-    ("rand-read-4K-qd32", "--rw=randread --bs=4k --iodepth=32", false),
-];
-
+/// Rounds (`RXEN_KBLK_BENCH_ROUNDS`, default 3).
+fn rounds() -> usize {
+    std::env::var("RXEN_KBLK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3)
+}
+/// (label, the other driver's module, which the guest does not load).
+const DRIVERS: [(&str, &str); 2] = [("rust", "xen-blkfront"), ("c", "xen_blkfront_rs")];
 fn guest_script(seconds: u32) -> String {
     let mut s = String::from(
-        "#!/bin/sh\nk=$(uname -r); dir=/lib/modules/$k\n\
-         path() { grep -E \"/$1\\.ko\\$\" $dir/rxen-load-order | head -n 1; }\n\
-         use() {\n\
-           rmmod xen_blkfront_rs 2>/dev/null; rmmod xen_blkfront 2>/dev/null\n\
-           i=0; while [ -b /dev/xvdb ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done\n\
-           insmod $dir/$(path $1) || echo \"RXEN-FIO insmod $1 failed\"\n\
-           i=0; while [ ! -b /dev/xvdb ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n\
-           [ -b /dev/xvdb ] || echo \"RXEN-FIO missing xvdb with $1\"\n\
-         }\n",
+        "#!/bin/sh\ni=0; while [ ! -b /dev/xvdb ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         [ -b /dev/xvdb ] || echo \"RXEN-FIO missing xvdb\"\n\
+         for drv in vbd vbd_rs; do [ ! -e /sys/bus/xen/drivers/$drv/vbd-51728 ] || echo \"RXEN-FIO bound-to $drv\"; done\n",
     );
-    s.push_str(&format!("for round in $(seq {ROUNDS}); do\n"));
-    s.push_str("  case $round in 2) order='xen-blkfront xen_blkfront_rs' ;; *) order='xen_blkfront_rs xen-blkfront' ;; esac\n");
-    s.push_str("  for m in $order; do\n    use $m\n");
-    for (job, args, _) in JOBS {
-        // Terse output: field 7/8 = read KiB/s / IOPS, 48/49 = write.
-        s.push_str(&format!(
-            "    fio --name={job} --filename=/dev/xvdb --direct=1 --ioengine=io_uring {args} \
-             --size={SIZE_MIB}M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | \
-             awk -F';' -v m=$m -v r=$round '{{print \"RXEN-FIO drv=\" m \" round=\" r \" job={job} rkib=\" $7 \" riops=\" $8 \" wkib=\" $48 \" wiops=\" $49}}' || \
-             echo \"RXEN-FIO drv=$m job={job} failed $(cat /tmp/fio.err)\"\n"
-        ));
+    for job in &fio::JOBS {
+        s.push_str(&fio::command(job, "/dev/xvdb", SIZE_MIB, seconds, "drv=$rxen_drv round=$rxen_round"));
     }
-    s.push_str("  done\ndone\necho RXEN-FIO done\n");
+    s.push_str("echo RXEN-FIO done\n");
     s
 }
 
@@ -77,7 +61,7 @@ fn main() {
 }
 
 /// rows[job][driver] = per-round values.
-type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+type Rows = fio::Rows;
 
 fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     h.run_ok(&format!(
@@ -88,60 +72,43 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     let mut overlay = Archive::new();
     overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds).as_bytes());
     let initrd = h.guest_initrd_with("bench-kernel-blk", overlay)?;
-    // The guest's init loads neither frontend: the script does, per round.
-    let mut guest = GuestConfig::new("bench-kblk", GuestKind::Pv, GuestKernel::Rxen612)
-        .with_ramdisk(&initrd)
-        .with_disk("format=raw,vdev=xvdb,access=rw,target=/var/lib/rxen/bench/kb.img")
-        .with_cmdline("rxen_skip=\"xen-blkfront xen_blkfront_rs\"")
-        .hold();
-    guest.memory_mib = 512;
-    guest.vcpus = 2;
-    let g = h.xl_create(&guest)?;
-    let budget = Duration::from_secs(u64::from(seconds) * 10 * ROUNDS as u64 + 600);
-    h.wait_guest_line(&g, "RXEN-FIO done", budget)?;
-    let console = h.guest_console(&g.name)?;
-    let _ = h.xl_destroy(&g.name);
-
-    let label_of: BTreeMap<&str, &str> = DRIVERS.into_iter().collect();
-    let mut rows = Rows::new();
-    for line in console.lines().filter_map(|l| l.split_once("RXEN-FIO ").map(|(_, r)| r)) {
-        println!("  {line}");
-        let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
-        let (Some(drv), Some(job)) = (kv.get("drv"), kv.get("job")) else {
-            continue;
-        };
-        let Some((_, _, mbps)) = JOBS.iter().find(|(j, _, _)| j == job) else {
-            continue;
-        };
-        let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let value = match (*mbps, job.contains("write")) {
-            (true, true) => num("wkib") * 1024.0 / 1e6,
-            (true, false) => num("rkib") * 1024.0 / 1e6,
-            (false, true) => num("wiops"),
-            (false, false) => num("riops"),
-        };
-        rows.entry((*job).to_owned())
-            .or_default()
-            .entry(label_of.get(drv).copied().unwrap_or(drv).to_owned())
-            .or_default()
-            .push(value);
+    let mut console = String::new();
+    for round in 1..=rounds() {
+        let mut order = DRIVERS;
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (label, skip) in order {
+            let mut guest = GuestConfig::new(&format!("kblk-{label}-{round}"), GuestKind::Pv, GuestKernel::Rxen612)
+                .with_ramdisk(&initrd)
+                .with_disk("format=raw,vdev=xvdb,access=rw,target=/var/lib/rxen/bench/kb.img")
+                .with_cmdline(&format!("rxen_skip={skip} rxen_drv={label} rxen_round={round}"));
+            guest.memory_mib = 512;
+            guest.vcpus = 2;
+            let g = h.xl_create(&guest)?;
+            let done = h.wait_guest_line(&g, "RXEN-FIO done", Duration::from_secs(u64::from(seconds) * 10 + 300))?;
+            log::info!("{}: {}", g.name, done.line);
+            let text = h.guest_console(&g.name)?;
+            let bound = if label == "rust" { "RXEN-FIO bound-to vbd_rs" } else { "RXEN-FIO bound-to vbd\n" };
+            if !text.replace('\r', "").contains(bound) || text.contains("RXEN-FIO missing") {
+                return Err(xen_harness::Error::Check(format!("{}: the {label} driver did not take xvdb", g.name)));
+            }
+            console.push_str(&text);
+            let _ = h.xl_destroy(&g.name);
+        }
     }
-    Ok(rows)
+    Ok(fio::rows(&console, &fio::JOBS, "drv", str::to_owned))
 }
 
 fn print_table(rows: &Rows, seconds: u32) {
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
     println!(
-        "\nguest block frontends, same patched 6.12 PV guest, Linux blkback, same fio jobs ({seconds} s each, median of {ROUNDS} rounds), a {SIZE_MIB} MiB image on a dom0 tmpfs:"
+        "\nguest block frontends, same patched 6.12 PV guest, Linux blkback, same fio jobs ({seconds} s each, median of {} rounds), a {SIZE_MIB} MiB image on a dom0 tmpfs:",
+        rounds()
     );
     println!("  {:<20} {:>10} {:>10} {:>8}", "job", "Rust", "C", "Rust/C");
     let mut met = true;
-    for (job, _, mbps) in JOBS {
-        let get = |d: &str| rows.get(job).and_then(|r| r.get(d)).map_or(0.0, |v| median(v));
+    for (job, _, mbps) in fio::JOBS {
+        let get = |d: &str| fio::median(rows, job, d);
         let (r, c) = (get("rust"), get("c"));
         met &= r > 0.0 && r >= c;
         println!(

@@ -34,6 +34,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod fio;
+
 use xen_harness::{HostConfig, Result, XenHost};
 
 /// Sets up logging for a scenario binary (`RUST_LOG` overrides `info`).
