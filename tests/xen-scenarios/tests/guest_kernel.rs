@@ -6,7 +6,8 @@
 //!   `xen-blkfront` module is not loaded). The Rust driver takes a disk
 //!   from the project's rblkback and one from Linux's in-kernel blkback:
 //!   on each, the guest makes ext4, writes and reads back data, passes
-//!   `fio --verify` for sequential and random writes, and fsck.
+//!   `fio --verify` for sequential and random writes, and fsck; `fstrim`
+//!   sends discards through it to both backends.
 //! - `xl block-detach` takes the blkback disk away from the guest and
 //!   `xl block-attach` gives it back: the guest finds its data again.
 //! - Misbehaving backends (`rogue-blkback`), one disk each: a response
@@ -37,9 +38,17 @@ const XVDD: u32 = 51760;
 const XVDE: u32 = 51776;
 const XVDF: u32 = 51792;
 
-/// After the disk checks: which xenbus driver each vbd is bound to, and the
-/// Rust driver's connect lines.
+/// After the disk checks: `fstrim` on each writable disk's ext4 (discard
+/// requests through the frontend to the backend), which xenbus driver each
+/// vbd is bound to, and the Rust driver's connect lines.
 const DRIVER_SCRIPT: &str = r#"#!/bin/sh
+for spec in $rxen_blk; do
+    n=${spec%%:*}
+    mount -t ext4 /dev/$n /mnt/$n || continue
+    fstrim -v /mnt/$n >/tmp/trim.log 2>&1; r=$?
+    umount /mnt/$n
+    echo "RXEN-GK fstrim $n rc=$r $(cat /tmp/trim.log)"
+done
 for drv in vbd vbd_rs; do
     [ -d /sys/bus/xen/drivers/$drv ] || continue
     echo "RXEN-GK bound $drv: $(ls /sys/bus/xen/drivers/$drv | grep '^vbd-' | tr '\n' ' ')"
@@ -258,14 +267,25 @@ fn rust_blkfront(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
             format!("{who}: a 128 MiB writable disk: {said:?}"),
         )?;
     }
-    // Detach and re-attach: same data.
-    let before = rust_gk
+    // Discard: fstrim through both backends (and the C driver's), leaving
+    // the data alone.
+    for (gk, name, who) in [(&rust_gk, "xvdb", "Rust, rblkback"), (&rust_gk, "xvdc", "Rust, blkback"), (&c_gk, "xvdb", "C, rblkback")] {
+        ensure(
+            gk.iter().any(|l| l.starts_with(&format!("fstrim {name} rc=0 ")) && l.contains("bytes trimmed")),
+            format!("{who}: fstrim on {name}: {gk:?}"),
+        )?;
+    }
+    // Detach and re-attach: the data the check wrote, after fstrim, detach
+    // and attach.
+    let written = rust_blk
         .iter()
-        .find_map(|l| l.strip_prefix("detach-ready xvdc sha256="))
+        .find_map(|l| l.strip_prefix("xvdc PASS sha256="))
         .unwrap_or("");
     ensure(
-        !before.is_empty() && rust_gk.iter().any(|l| l == &format!("back xvdc sha256={before}")),
-        format!("xvdc's data after detach and re-attach: {rust_gk:?}"),
+        !written.is_empty()
+            && rust_gk.iter().any(|l| l == &format!("detach-ready xvdc sha256={written}"))
+            && rust_gk.iter().any(|l| l == &format!("back xvdc sha256={written}")),
+        format!("xvdc's data ({written}) after fstrim, detach and re-attach: {rust_gk:?}"),
     )?;
     // Rogue backends: reads fail, the driver said why, the good disk reads.
     for n in ["xvdd", "xvde", "xvdf"] {
