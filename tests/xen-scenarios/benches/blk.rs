@@ -39,10 +39,7 @@ fn guest_script(seconds: u32) -> String {
 
 fn main() {
     init_logging();
-    let seconds: u32 = std::env::var("RXEN_BLK_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let seconds = fio::seconds();
     let mut figures = Figures::default();
     let config = HostConfig::new("bench-blk")
         .expect("the Xen test host is built (make xen-host)")

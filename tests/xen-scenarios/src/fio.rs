@@ -31,6 +31,11 @@ pub fn command(job: &Job, filename: &str, size_mib: u32, seconds: u32, labels: &
     )
 }
 
+/// Seconds each job runs: `RXEN_BLK_BENCH_SECONDS`, default 4.
+pub fn seconds() -> u32 {
+    std::env::var("RXEN_BLK_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4)
+}
+
 /// Results: `rows[job][group] = values`, one per round.
 pub type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
