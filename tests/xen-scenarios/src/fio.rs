@@ -17,7 +17,7 @@ pub const JOBS: [Job; 4] = [
 ];
 
 /// A guest shell line running `job` on `filename` (O_DIRECT, io_uring,
-/// `size_mib` MiB, `seconds` long) that prints `RXEN-FIO LABELS job=JOB
+/// `size_mib` MiB, measured for `seconds` after a one-second ramp) that prints `RXEN-FIO LABELS job=JOB
 /// rkib=.. riops=.. wkib=.. wiops=..`, or `RXEN-FIO LABELS job=JOB failed
 /// ...`. `labels` is shell text expanded at run time, e.g. `dev=$d round=$round`.
 pub fn command(job: &Job, filename: &str, size_mib: u32, seconds: u32, labels: &str) -> String {
@@ -25,7 +25,7 @@ pub fn command(job: &Job, filename: &str, size_mib: u32, seconds: u32, labels: &
     // Terse output: field 7/8 = read KiB/s / IOPS, 48/49 = write.
     format!(
         "fio --name={name} --filename={filename} --direct=1 --ioengine=io_uring {args} \
-         --size={size_mib}M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | \
+         --size={size_mib}M --ramp_time=1 --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | \
          awk -F';' -v l=\"{labels}\" '{{print \"RXEN-FIO \" l \" job={name} rkib=\" $7 \" riops=\" $8 \" wkib=\" $48 \" wiops=\" $49}}' || \
          echo \"RXEN-FIO {labels} job={name} failed $(cat /tmp/fio.err)\"\n"
     )
