@@ -531,6 +531,32 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         )?;
     }
 
+    // list -l: rxl stores each domain's configuration where libxl keeps
+    // xl's, so xl reads rxl's domains too, and both print the same (the
+    // scheduler's live parameters aside, which rxl does not read yet).
+    for name in ["rxl-new-612", "rxl-pvh-612"] {
+        let rxl = h.run(&format!("rxl list -l {name}"))?;
+        let xl = h.run_ok(&format!("xl list -l {name}"))?;
+        ensure(
+            rxl.success()
+                && without_sched_params(&rxl.stdout) == without_sched_params(&xl)
+                && xl.contains(&format!("\"name\": \"{name}\""))
+                && xl.contains("\"nics\"")
+                && xl.contains("\"disks\""),
+            format!("list -l {name}: rxl printed\n{}\n{}\nxl printed\n{xl}", rxl.stdout, rxl.stderr),
+        )?;
+        // create -n prints what xl create -n prints for the same file (a
+        // fresh uuid each time aside).
+        let cfg = format!("/var/lib/rxen/xl/{name}.cfg");
+        let strip = "grep -v '\"uuid\":'";
+        let rxl = h.run_ok(&format!("rxl create -n -q {cfg} | {strip}"))?;
+        let xl = h.run_ok(&format!("xl create -n {cfg} 2>/dev/null | {strip}"))?;
+        ensure(
+            rxl == xl && xl.contains(&format!("\"name\": \"{name}\"")),
+            format!("create -n {name}: rxl printed\n{rxl}\nxl printed\n{xl}"),
+        )?;
+    }
+
     // rxl destroy leaves nothing of them.
     for (name, _, _, _) in guests {
         let d = h.domid(name)?;

@@ -17,7 +17,7 @@ use crate::host::{self, DomId, Host, HostError};
 
 mod block;
 mod domain;
-mod format;
+pub(crate) mod format;
 mod info;
 mod memory;
 mod network;

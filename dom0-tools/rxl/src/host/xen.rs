@@ -21,6 +21,7 @@ mod backends;
 mod console;
 mod devices;
 mod hypercalls;
+mod libxl_config;
 mod store;
 mod system;
 
@@ -423,13 +424,14 @@ impl XenHost {
     /// Attaches network interface `spec` to `domid` served by `backend`
     /// (`libxl_device_nic_add`): its xenstore directories, then rnetback
     /// started for it, or Linux's netback and Xen's vif hotplug script.
-    /// Returns the device id. On failure what was done is undone.
-    pub fn attach_nic(
+    /// Returns what was attached (device id, MAC, ...). On failure what
+    /// was done is undone.
+    pub(crate) fn attach_nic(
         &self,
         domid: DomId,
         spec: &config::VifSpec,
         backend: NicBackend,
-    ) -> Result<u32, HostError> {
+    ) -> Result<NicPlan, HostError> {
         self.raw_info(domid)?;
         self.check_backend_domain(spec.backend_domain.as_deref())?;
         let devid = match spec.devid {
@@ -450,7 +452,7 @@ impl XenHost {
             _ => self.start_backend(Program::Rnetback, &nodes.paths, &plan.rnetback_args(domid)),
         };
         started.inspect_err(|_| self.undo_attach(&nodes.paths))?;
-        Ok(devid)
+        Ok(plan)
     }
 
     /// Starts `program` for `device` and waits until it serves the device
@@ -871,7 +873,28 @@ impl Host for XenHost {
     fn create(&mut self, request: &CreateRequest) -> Result<CreateOutcome, HostError> {
         let cfg = read_domain_config(&request.config_file, &request.extra_config)?;
         if request.dry_run {
-            return Ok(CreateOutcome::DryRun(dry_run_json(&cfg)));
+            // As xl, a fresh uuid unless the file gives one.
+            let uuid = match &cfg.uuid {
+                Some(u) => u.0,
+                None => crate::create::random_uuid().map_err(|e| HostError::Failed(e.to_string()))?,
+            };
+            let disks: Vec<_> = cfg
+                .disks
+                .iter()
+                .map(|spec| libxl_config::StoredDisk {
+                    spec,
+                    kernel_backend: spec.backend_type == Some(config::disk::BackendType::Phy),
+                })
+                .collect();
+            let nics: Vec<_> = cfg
+                .vifs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| libxl_config::StoredNic::parsed(v, i))
+                .collect();
+            let parsed = libxl_config::Stage::Parsed;
+            let json = libxl_config::domain_config(&cfg, parsed, &Uuid(uuid), &disks, &nics);
+            return Ok(CreateOutcome::DryRun(json));
         }
         if self.domain_by_name(&cfg.name)?.is_some() {
             return Err(HostError::Invalid(format!(
@@ -895,9 +918,34 @@ impl Host for XenHost {
             for disk in &cfg.disks {
                 self.attach_disk(domid, disk)?;
             }
+            let mut nics = Vec::new();
             for vif in &cfg.vifs {
-                self.attach_nic(domid, vif, NicBackend::Rnetback)?;
+                nics.push(self.attach_nic(domid, vif, NicBackend::Rnetback)?);
             }
+            // Where libxl keeps xl's domains' configurations, for `list -l`.
+            let disks: Vec<_> = cfg
+                .disks
+                .iter()
+                .map(|spec| libxl_config::StoredDisk {
+                    spec,
+                    kernel_backend: spec.backend_type == Some(config::disk::BackendType::Phy),
+                })
+                .collect();
+            let nics: Vec<_> = nics.iter().map(libxl_config::StoredNic::attached).collect();
+            let stored = libxl_config::domain_config(
+                &cfg,
+                libxl_config::Stage::Created,
+                &Uuid(built.uuid),
+                &disks,
+                &nics,
+            );
+            system::store_userdata(
+                Path::new(system::XEN_LIB_DIR),
+                domid,
+                &Uuid(built.uuid),
+                "libxl-json",
+                &crate::commands::format::libxl_json(&stored),
+            )?;
             if !request.paused {
                 self.privcmd
                     .unpause_domain(xen_domid(domid)?)
@@ -1314,30 +1362,6 @@ pub fn read_domain_config(
         log::warn!("{}: ignoring {:?}", path.display(), ignored.setting.key);
     }
     Ok(cfg)
-}
-
-/// The parsed configuration, for `create -n`: the fields rxl uses, in
-/// libxl's `libxl_domain_config` shape.
-fn dry_run_json(cfg: &config::DomainConfig) -> serde_json::Value {
-    serde_json::json!({
-        "c_info": {
-            "type": format!("{:?}", cfg.domain_type).to_lowercase(),
-            "name": cfg.name,
-        },
-        "b_info": {
-            "max_vcpus": cfg.maxvcpus,
-            "max_memkb": cfg.maxmem_mib * 1024,
-            "target_memkb": cfg.memory_mib * 1024,
-            "kernel": cfg.kernel,
-            "ramdisk": cfg.ramdisk,
-            "cmdline": cfg.cmdline,
-        },
-        "disks": cfg.disks.iter().map(|d| serde_json::json!({
-            "pdev_path": d.target,
-            "vdev": d.vdev.name,
-        })).collect::<Vec<_>>(),
-        "nics": cfg.vifs.len(),
-    })
 }
 
 /// Leaves a monitor for a new domain: `rxl __monitor DOMID CONFIG

@@ -112,6 +112,29 @@ pub(crate) fn domain_config(
         .map_err(|e| HostError::Failed(format!("{} is not JSON: {e}", path.display())))
 }
 
+/// Stores `text` as the domain's libxl userdata file `key`, as
+/// `libxl__userdata_store` does: through a temporary file renamed into
+/// place, with the string's terminating NUL.
+pub(crate) fn store_userdata(
+    dir: &Path,
+    domid: DomId,
+    uuid: &Uuid,
+    key: &str,
+    text: &str,
+) -> Result<(), HostError> {
+    let path = userdata_path(dir, domid, uuid, key);
+    let tmp = path.with_extension(format!("{key}.new"));
+    let os = |what: &str, source| HostError::Os {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| os("creating the directory of", e))?;
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.push(0);
+    std::fs::write(&tmp, &bytes).map_err(|e| os("writing", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| os("renaming into", e))
+}
+
 /// Whether file `name` is libxl userdata of `domid` and `uuid` that
 /// [`remove_userdata`] removes (all but the lock file, as
 /// `libxl__userdata_destroyall`).
