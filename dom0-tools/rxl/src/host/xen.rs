@@ -878,14 +878,7 @@ impl Host for XenHost {
                 Some(u) => u.0,
                 None => crate::create::random_uuid().map_err(|e| HostError::Failed(e.to_string()))?,
             };
-            let disks: Vec<_> = cfg
-                .disks
-                .iter()
-                .map(|spec| libxl_config::StoredDisk {
-                    spec,
-                    kernel_backend: spec.backend_type == Some(config::disk::BackendType::Phy),
-                })
-                .collect();
+            let disks = libxl_config::StoredDisk::of(&cfg);
             let nics: Vec<_> = cfg
                 .vifs
                 .iter()
@@ -923,14 +916,7 @@ impl Host for XenHost {
                 nics.push(self.attach_nic(domid, vif, NicBackend::Rnetback)?);
             }
             // Where libxl keeps xl's domains' configurations, for `list -l`.
-            let disks: Vec<_> = cfg
-                .disks
-                .iter()
-                .map(|spec| libxl_config::StoredDisk {
-                    spec,
-                    kernel_backend: spec.backend_type == Some(config::disk::BackendType::Phy),
-                })
-                .collect();
+            let disks = libxl_config::StoredDisk::of(&cfg);
             let nics: Vec<_> = nics.iter().map(libxl_config::StoredNic::attached).collect();
             let stored = libxl_config::domain_config(
                 &cfg,

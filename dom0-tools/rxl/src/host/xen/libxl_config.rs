@@ -12,17 +12,30 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::config::disk::{Access, DiskFormat};
+use crate::config::disk::{Access, BackendType};
 use crate::config::{Action, DomainConfig, DomainType};
 use super::devices::NicPlan;
 use crate::host::Uuid;
 
-/// A disk as attached: its specification and where it was served from.
+/// A disk: its specification and whether Linux's blkback serves it.
 pub(crate) struct StoredDisk<'a> {
     /// The disk's specification.
     pub spec: &'a crate::config::DiskSpec,
     /// Whether Linux's blkback serves it (`backendtype=phy`).
     pub kernel_backend: bool,
+}
+
+impl<'a> StoredDisk<'a> {
+    /// The disks of `cfg`.
+    pub(crate) fn of(cfg: &'a DomainConfig) -> Vec<Self> {
+        cfg.disks
+            .iter()
+            .map(|spec| StoredDisk {
+                spec,
+                kernel_backend: spec.backend_type == Some(BackendType::Phy),
+            })
+            .collect()
+    }
 }
 
 /// libxl's name of an on_* action (`libxl_action_on_shutdown`).
@@ -35,18 +48,6 @@ fn action(a: Action) -> &'static str {
         Action::CoredumpDestroy => "coredump_destroy",
         Action::CoredumpRestart => "coredump_restart",
         Action::SoftReset => "soft_reset",
-    }
-}
-
-/// libxl's name of a disk format (`libxl_disk_format`).
-fn format(f: DiskFormat) -> &'static str {
-    match f {
-        DiskFormat::Raw => "raw",
-        DiskFormat::Qcow => "qcow",
-        DiskFormat::Qcow2 => "qcow2",
-        DiskFormat::Vhd => "vhd",
-        DiskFormat::Qed => "qed",
-        DiskFormat::Empty => "empty",
     }
 }
 
@@ -173,7 +174,8 @@ pub(crate) fn domain_config(
             if d.kernel_backend {
                 m.insert("backend".into(), json!("phy"));
             }
-            m.insert("format".into(), json!(format(d.spec.format)));
+            // rxl's format names are libxl_disk_format's.
+            m.insert("format".into(), json!(d.spec.format.name()));
             // Integers at 0 are libxl's defaults, left out.
             if d.spec.access == Access::ReadWrite {
                 m.insert("readwrite".into(), json!(1));
@@ -245,14 +247,7 @@ mod tests {
         let cfg = DomainConfig::parse(Source::File("t.cfg".into()), cfg_text, &[] as &[&str])
             .unwrap_or_else(|e| panic!("{e}"));
         let uuid: crate::config::Uuid = uuid.parse().unwrap();
-        let disks: Vec<_> = cfg
-            .disks
-            .iter()
-            .map(|spec| StoredDisk {
-                spec,
-                kernel_backend: false,
-            })
-            .collect();
+        let disks = StoredDisk::of(&cfg);
         let nic = NicPlan::new(&cfg.vifs[0], NicBackend::Rnetback, 1, 0, MacAddr(mac)).unwrap();
         let nics = [StoredNic::attached(&nic)];
         crate::commands::format::libxl_json(&domain_config(&cfg, Stage::Created, &Uuid(uuid.0), &disks, &nics))
@@ -299,14 +294,7 @@ mod tests {
         ] {
             let cfg = DomainConfig::parse(Source::File("t.cfg".into()), cfg_text, &[] as &[&str]).unwrap();
             let uuid: crate::config::Uuid = uuid.parse().unwrap();
-            let disks: Vec<_> = cfg
-                .disks
-                .iter()
-                .map(|spec| StoredDisk {
-                    spec,
-                    kernel_backend: false,
-                })
-                .collect();
+            let disks = StoredDisk::of(&cfg);
             let nics: Vec<_> = cfg.vifs.iter().enumerate().map(|(i, v)| StoredNic::parsed(v, i)).collect();
             let got = domain_config(&cfg, Stage::Parsed, &Uuid(uuid.0), &disks, &nics);
             assert_eq!(crate::commands::format::libxl_json(&got), want);
