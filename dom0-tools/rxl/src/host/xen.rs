@@ -878,16 +878,7 @@ impl Host for XenHost {
                 Some(u) => u.0,
                 None => crate::create::random_uuid().map_err(|e| HostError::Failed(e.to_string()))?,
             };
-            let disks = libxl_config::StoredDisk::of(&cfg);
-            let nics: Vec<_> = cfg
-                .vifs
-                .iter()
-                .enumerate()
-                .map(|(i, v)| libxl_config::StoredNic::parsed(v, i))
-                .collect();
-            let parsed = libxl_config::Stage::Parsed;
-            let json = libxl_config::domain_config(&cfg, parsed, &Uuid(uuid), &disks, &nics);
-            return Ok(CreateOutcome::DryRun(json));
+            return Ok(CreateOutcome::DryRun(libxl_config::parsed(&cfg, &Uuid(uuid))));
         }
         if self.domain_by_name(&cfg.name)?.is_some() {
             return Err(HostError::Invalid(format!(
@@ -916,15 +907,7 @@ impl Host for XenHost {
                 nics.push(self.attach_nic(domid, vif, NicBackend::Rnetback)?);
             }
             // Where libxl keeps xl's domains' configurations, for `list -l`.
-            let disks = libxl_config::StoredDisk::of(&cfg);
-            let nics: Vec<_> = nics.iter().map(libxl_config::StoredNic::attached).collect();
-            let stored = libxl_config::domain_config(
-                &cfg,
-                libxl_config::Stage::Created,
-                &Uuid(built.uuid),
-                &disks,
-                &nics,
-            );
+            let stored = libxl_config::created(&cfg, &Uuid(built.uuid), &nics);
             system::store_userdata(
                 Path::new(system::XEN_LIB_DIR),
                 domid,

@@ -17,43 +17,15 @@ use crate::config::{Action, DomainConfig, DomainType};
 use super::devices::NicPlan;
 use crate::host::Uuid;
 
-/// A disk: its specification and whether Linux's blkback serves it.
-pub(crate) struct StoredDisk<'a> {
-    /// The disk's specification.
-    pub spec: &'a crate::config::DiskSpec,
-    /// Whether Linux's blkback serves it (`backendtype=phy`).
-    pub kernel_backend: bool,
-}
-
-impl<'a> StoredDisk<'a> {
-    /// The disks of `cfg`.
-    pub(crate) fn of(cfg: &'a DomainConfig) -> Vec<Self> {
-        cfg.disks
-            .iter()
-            .map(|spec| StoredDisk {
-                spec,
-                kernel_backend: spec.backend_type == Some(BackendType::Phy),
-            })
-            .collect()
-    }
-}
-
-/// libxl's name of an on_* action (`libxl_action_on_shutdown`).
-fn action(a: Action) -> &'static str {
-    match a {
-        Action::Destroy => "destroy",
-        Action::Restart => "restart",
-        Action::RenameRestart => "rename_restart",
-        Action::Preserve => "preserve",
-        Action::CoredumpDestroy => "coredump_destroy",
-        Action::CoredumpRestart => "coredump_restart",
-        Action::SoftReset => "soft_reset",
-    }
+/// libxl's name of an on_* action (`libxl_action_on_shutdown`): the
+/// configuration file's name with underscores.
+fn action(a: Action) -> String {
+    a.name().replace('-', "_")
 }
 
 /// When the configuration is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
+enum Stage {
     /// As parsed, for `create -n` (xl prints the configuration before
     /// libxl fills in its defaults).
     Parsed,
@@ -62,7 +34,7 @@ pub(crate) enum Stage {
 }
 
 /// A vif's fields in `libxl_device_nic`.
-pub(crate) struct StoredNic {
+struct StoredNic {
     devid: u32,
     mac: Option<String>,
     ip: Option<String>,
@@ -75,7 +47,7 @@ pub(crate) struct StoredNic {
 
 impl StoredNic {
     /// A vif as attached.
-    pub(crate) fn attached(n: &NicPlan) -> Self {
+    fn attached(n: &NicPlan) -> Self {
         Self {
             devid: n.devid,
             mac: Some(n.mac.to_string()),
@@ -89,7 +61,7 @@ impl StoredNic {
     }
 
     /// A vif as its specification gives it (the `index`th of the file).
-    pub(crate) fn parsed(spec: &crate::config::VifSpec, index: usize) -> Self {
+    fn parsed(spec: &crate::config::VifSpec, index: usize) -> Self {
         Self {
             devid: spec.devid.unwrap_or(index as u32),
             mac: spec.mac.map(|m| m.to_string()),
@@ -106,14 +78,27 @@ impl StoredNic {
     }
 }
 
-/// The `libxl_domain_config` of `cfg` at `stage`, for a domain with `uuid`.
-pub(crate) fn domain_config(
-    cfg: &DomainConfig,
-    stage: Stage,
-    uuid: &Uuid,
-    disks: &[StoredDisk<'_>],
-    nics: &[StoredNic],
-) -> Value {
+/// What `xl create -n` prints for `cfg`: the configuration as parsed,
+/// before libxl fills in its defaults, with `uuid`.
+pub(crate) fn parsed(cfg: &DomainConfig, uuid: &Uuid) -> Value {
+    let nics: Vec<_> = cfg
+        .vifs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| StoredNic::parsed(v, i))
+        .collect();
+    domain_config(cfg, Stage::Parsed, uuid, &nics)
+}
+
+/// What xl stores for a domain built from `cfg` with `uuid` whose vifs
+/// were attached as `nics`.
+pub(crate) fn created(cfg: &DomainConfig, uuid: &Uuid, nics: &[NicPlan]) -> Value {
+    let nics: Vec<_> = nics.iter().map(StoredNic::attached).collect();
+    domain_config(cfg, Stage::Created, uuid, &nics)
+}
+
+/// The `libxl_domain_config` of `cfg` at `stage`.
+fn domain_config(cfg: &DomainConfig, stage: Stage, uuid: &Uuid, nics: &[StoredNic]) -> Value {
     let created = stage == Stage::Created;
     let kind = match cfg.domain_type {
         DomainType::Pv => "pv",
@@ -163,24 +148,27 @@ pub(crate) fn domain_config(
             json!({})
         },
     );
-    let disks: Vec<Value> = disks
+    let disks: Vec<Value> = cfg
+        .disks
         .iter()
         .map(|d| {
             let mut m = Map::new();
-            if let Some(target) = &d.spec.target {
+            if let Some(target) = &d.target {
                 m.insert("pdev_path".into(), json!(target));
             }
-            m.insert("vdev".into(), json!(d.spec.vdev.name));
-            if d.kernel_backend {
+            m.insert("vdev".into(), json!(d.vdev.name));
+            // Only Linux's blkback is one of libxl's backends (rblkback is
+            // "unknown", the default).
+            if d.backend_type == Some(BackendType::Phy) {
                 m.insert("backend".into(), json!("phy"));
             }
             // rxl's format names are libxl_disk_format's.
-            m.insert("format".into(), json!(d.spec.format.name()));
+            m.insert("format".into(), json!(d.format.name()));
             // Integers at 0 are libxl's defaults, left out.
-            if d.spec.access == Access::ReadWrite {
+            if d.access == Access::ReadWrite {
                 m.insert("readwrite".into(), json!(1));
             }
-            if d.spec.is_cdrom {
+            if d.is_cdrom {
                 m.insert("is_cdrom".into(), json!(1));
             }
             if created {
@@ -247,10 +235,8 @@ mod tests {
         let cfg = DomainConfig::parse(Source::File("t.cfg".into()), cfg_text, &[] as &[&str])
             .unwrap_or_else(|e| panic!("{e}"));
         let uuid: crate::config::Uuid = uuid.parse().unwrap();
-        let disks = StoredDisk::of(&cfg);
         let nic = NicPlan::new(&cfg.vifs[0], NicBackend::Rnetback, 1, 0, MacAddr(mac)).unwrap();
-        let nics = [StoredNic::attached(&nic)];
-        crate::commands::format::libxl_json(&domain_config(&cfg, Stage::Created, &Uuid(uuid.0), &disks, &nics))
+        crate::commands::format::libxl_json(&created(&cfg, &Uuid(uuid.0), &[nic]))
     }
 
     /// The golden files are what Xen 4.17's xl stored in
@@ -294,9 +280,7 @@ mod tests {
         ] {
             let cfg = DomainConfig::parse(Source::File("t.cfg".into()), cfg_text, &[] as &[&str]).unwrap();
             let uuid: crate::config::Uuid = uuid.parse().unwrap();
-            let disks = StoredDisk::of(&cfg);
-            let nics: Vec<_> = cfg.vifs.iter().enumerate().map(|(i, v)| StoredNic::parsed(v, i)).collect();
-            let got = domain_config(&cfg, Stage::Parsed, &Uuid(uuid.0), &disks, &nics);
+            let got = parsed(&cfg, &Uuid(uuid.0));
             assert_eq!(crate::commands::format::libxl_json(&got), want);
         }
     }
