@@ -39,17 +39,25 @@ const DIR_ENV: &str = "RXEN_BLK_BENCH_DIR";
 const DISK_ENV: &str = "RXEN_BLK_BENCH_DISK";
 /// Overrides [`PHASE_TIME`], in milliseconds (for quick runs).
 const PHASE_ENV: &str = "RXEN_BLK_BENCH_PHASE_MS";
-/// Caps the frontend's queues (`max_queues`; the default is blkfront's 4,
-/// of which the backend offers one per CPU).
+/// Caps the frontend's queues (`max_queues`); the default is
+/// [`DEFAULT_QUEUES`].
 const QUEUES_ENV: &str = "RXEN_BLK_BENCH_QUEUES";
+/// Default for [`QUEUES_ENV`]: one. The frontend is driven by one thread
+/// here, and blk-mq gives a submitting thread one queue; a second queue
+/// only adds a backend thread that competes with the frontend for the two
+/// CPUs of this machine.
+const DEFAULT_QUEUES: u32 = 1;
 /// Busy-polling of both ends, in microseconds (`poll_us` of rblkback and
 /// rblkfront); 0 makes both sleep on their event channels at once.
 const POLL_ENV: &str = "RXEN_BLK_BENCH_POLL_US";
-/// Default for [`POLL_ENV`]: sleeping. With two queues on a 2-CPU host,
-/// three polling threads (the frontend and one per queue) and the baseline
-/// compete for the CPUs, and polling loses; with one queue
-/// (`RXEN_BLK_BENCH_QUEUES=1`) 50 us of polling doubles depth-1 figures.
-const DEFAULT_POLL_US: u64 = 0;
+/// Default for [`POLL_ENV`]: 50 us. With one queue, the frontend and the
+/// backend's queue thread each poll on a CPU of their own, and neither
+/// pays for a wake-up between requests (a wake-up on this machine costs
+/// more than a 64 KiB copy). With two queues on two CPUs three threads
+/// would poll, and polling loses: then use 0.
+const DEFAULT_POLL_US: u64 = 50;
+/// Runs only the row of this index (0-based), e.g. for profiling.
+const ONLY_ENV: &str = "RXEN_BLK_BENCH_ONLY";
 /// How long each measurement runs.
 const PHASE_TIME: Duration = Duration::from_millis(1500);
 /// How many times the rows run, interleaved.
@@ -223,9 +231,7 @@ fn frontend() -> Result<(), Error> {
     let platform = Loopback::from_domain(d1);
     let (grants, evtchn, store) = platform.handles()?;
     let mut cfg = FrontendConfig::new(DEVID);
-    if let Some(queues) = std::env::var(QUEUES_ENV).ok().and_then(|q| q.parse().ok()) {
-        cfg.max_queues = queues;
-    }
+    cfg.max_queues = std::env::var(QUEUES_ENV).ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUES);
     cfg.poll = poll();
     let mut dev = BlockFrontend::open(grants, evtchn, store, cfg)?;
     if dev.size() != DISK_BYTES {
@@ -252,11 +258,15 @@ fn frontend() -> Result<(), Error> {
         if max_request > 11 * 4096 { "on" } else { "off" },
         max_request >> 10
     );
+    let only: Option<usize> = std::env::var(ONLY_ENV).ok().and_then(|i| i.parse().ok());
     let load_before = load_average();
     let mut best = vec![(0.0f64, 0.0f64); ROWS.len()];
     let mut work = Work::new();
     for _ in 0..ROUNDS {
-        for (row, best) in ROWS.iter().zip(&mut best) {
+        for (i, (row, best)) in ROWS.iter().zip(&mut best).enumerate() {
+            if only.is_some_and(|only| only != i) {
+                continue;
+            }
             let front = work.run(row, phase, &mut Target::Front(&mut dev))?;
             let direct = work.run(row, phase, &mut Target::Direct(&file))?;
             *best = (best.0.max(front), best.1.max(direct));

@@ -101,6 +101,13 @@ impl<G: GrantMap, D: Disk> BlockDevice<G, D> {
         self
     }
 
+    /// Whether [`handle_batch`](BlockDevice::handle_batch) submits the
+    /// reads and writes of a batch together (io_uring on a disk that
+    /// allows it), rather than serving them one by one.
+    pub fn batches_io(&self) -> bool {
+        self.uring.is_some() && self.disk.batches_io()
+    }
+
     /// The grant mapper, e.g. to see how many grants persist.
     pub fn pages(&self) -> &GrantPages<G> {
         &self.pages

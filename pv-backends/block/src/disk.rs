@@ -147,6 +147,12 @@ pub trait Disk: Send + Sync {
     ) -> Result<Option<std::os::fd::RawFd>, DiskError> {
         Ok(None)
     }
+    /// Whether reads and writes go through [`direct_fd`](Disk::direct_fd)
+    /// (so that a batch's I/O is submitted together) rather than one by
+    /// one. The default: no.
+    fn batches_io(&self) -> bool {
+        false
+    }
     /// Makes completed writes durable (`fdatasync`).
     fn flush(&self) -> Result<(), DiskError>;
     /// Deallocates `len` bytes at `offset`; they read back as zeroes.
@@ -216,6 +222,10 @@ impl Disk for Box<dyn Disk> {
         write: bool,
     ) -> Result<Option<std::os::fd::RawFd>, DiskError> {
         (**self).direct_fd(offset, regions, write)
+    }
+
+    fn batches_io(&self) -> bool {
+        (**self).batches_io()
     }
 
     fn flush(&self) -> Result<(), DiskError> {
@@ -491,6 +501,10 @@ impl Disk for RawDisk {
         }
         sys::write_vectored_at(&self.file, offset, regions)
             .map_err(|source| DiskError::Io { op: "write", offset, len, source })
+    }
+
+    fn batches_io(&self) -> bool {
+        self.batched_io
     }
 
     fn direct_fd(

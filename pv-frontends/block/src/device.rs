@@ -54,6 +54,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Back-off when the event channel is readable without a pending port (a
 /// peer that went away), so that the wait does not spin.
 const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
+/// Bytes of requests put on the rings between two pushes within one call:
+/// a batch of large requests is published as it is built, one of small
+/// requests in a few pushes.
+const PUSH_BYTES: usize = 16 << 10;
 
 /// What the frontend asks for; the defaults are Linux blkfront's module
 /// parameters.
@@ -704,6 +708,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         // The next bytes to send: request, and offset in it.
         let (mut next, mut offset) = (0, 0);
         let mut failures = Failures::default();
+        let mut unpushed = 0;
         let result = (|| {
             loop {
                 while next < count && !failures.any() {
@@ -713,7 +718,21 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                         continue;
                     }
                     match self.submit(sector, &bufs, next, offset) {
-                        Ok(Some(sent)) => offset += sent,
+                        Ok(Some(sent)) => {
+                            offset += sent;
+                            // Publish every PUSH_BYTES or so, so that the
+                            // backend starts on the first requests while
+                            // the data of the next is copied in.
+                            unpushed += sent;
+                            if unpushed >= PUSH_BYTES {
+                                unpushed = 0;
+                                if let Some(conn) = self.conn.as_mut() {
+                                    for queue in &mut conn.queues {
+                                        queue.push(&self.evtchn)?;
+                                    }
+                                }
+                            }
+                        }
                         Ok(None) => break,
                         Err(e @ Error::Protocol(_)) => return Err(e),
                         // A local failure (e.g. no memory to grant): send
@@ -721,6 +740,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                         Err(e) => failures.record(next, e),
                     }
                 }
+                unpushed = 0;
                 if let Some(conn) = self.conn.as_mut() {
                     for queue in &mut conn.queues {
                         queue.push(&self.evtchn)?;
