@@ -490,6 +490,18 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> FrontRing<'a, Req, Rsp> {
         Ok(need_notify(old, new, event))
     }
 
+    /// Whether pushing the requests put so far would send the back end an
+    /// event: it asked for one on a request among them (it is waiting).
+    /// A hint for batching only, not part of ring.h: the back end may
+    /// re-arm `req_event` at any moment after this look, and
+    /// [`push_requests_and_check_notify`](Self::push_requests_and_check_notify)
+    /// decides afresh.
+    pub fn push_would_notify(&self) -> bool {
+        let old = self.mem.load_index(SringIndex::ReqProd);
+        let event = self.mem.load_index(SringIndex::ReqEvent);
+        need_notify(old, self.req_prod_pvt, event)
+    }
+
     /// `RING_HAS_UNCONSUMED_RESPONSES` (the count form): responses produced
     /// by the back end and not yet consumed.
     ///
@@ -768,6 +780,19 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> BackRing<'a, Req, Rsp> {
         fence(Ordering::SeqCst);
         let event = self.mem.load_index(SringIndex::RspEvent);
         Ok(need_notify(old, new, event))
+    }
+
+    /// Whether pushing the responses put so far and `more` after them
+    /// would send the front end an event: it asked for one on a response
+    /// among them (it is waiting). A hint for batching only, not part of
+    /// ring.h: the front end may re-arm `rsp_event` at any moment after
+    /// this look, and
+    /// [`push_responses_and_check_notify`](Self::push_responses_and_check_notify)
+    /// decides afresh.
+    pub fn push_would_notify(&self, more: u32) -> bool {
+        let old = self.mem.load_index(SringIndex::RspProd);
+        let event = self.mem.load_index(SringIndex::RspEvent);
+        need_notify(old, self.rsp_prod_pvt + Wrapping(more), event)
     }
 
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: before sleeping, asks for an event

@@ -201,19 +201,27 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // window to a few stores.
             //
             // A batch served one request at a time (no io_uring) is answered
-            // in parts of about PUSH_BYTES each, so that the frontend copies
+            // in parts of about PUSH_BYTES each while the frontend is awake
+            // (polling or busy, not waiting for an event), so that it copies
             // out the data of the first requests while the rest are served;
-            // each part is written and pushed at once, as above.
+            // a frontend waiting for an event gets the batch's responses
+            // with one event, at the end, as before. Each push writes the
+            // responses it carries first, all at once, as above.
             let part_bytes = if device.batches_io() { usize::MAX } else { PUSH_BYTES };
             let mut rest = batch.as_slice();
+            responses.clear();
             while !rest.is_empty() {
                 let (part, tail) = rest.split_at(part_len(rest, part_bytes));
                 rest = tail;
-                responses.clear();
                 device.handle_batch(part, &mut responses);
+                let held = u32::try_from(responses.len()).unwrap_or(u32::MAX);
+                if !rest.is_empty() && ring.push_would_notify(held) {
+                    continue;
+                }
                 for response in &responses {
                     ring.put_response(response).map_err(ring_error)?;
                 }
+                responses.clear();
                 let notify = ring.push_responses_and_check_notify().map_err(ring_error)?;
                 if notify || std::mem::take(&mut kick) {
                     self.evtchn.notify(self.port).map_err(evtchn_error)?;

@@ -54,9 +54,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Back-off when the event channel is readable without a pending port (a
 /// peer that went away), so that the wait does not spin.
 const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
-/// Bytes of requests put on the rings between two pushes within one call:
-/// a batch of large requests is published as it is built, one of small
-/// requests in a few pushes.
+/// Bytes of requests put on the rings between two pushes within one call,
+/// while the backend is awake: a batch of large requests is published as
+/// it is built, one of small requests in a few pushes.
 const PUSH_BYTES: usize = 16 << 10;
 
 /// What the frontend asks for; the defaults are Linux blkfront's module
@@ -720,15 +720,17 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                     match self.submit(sector, &bufs, next, offset) {
                         Ok(Some(sent)) => {
                             offset += sent;
-                            // Publish every PUSH_BYTES or so, so that the
-                            // backend starts on the first requests while
-                            // the data of the next is copied in.
+                            // Publish every PUSH_BYTES or so while the
+                            // backend is awake (polling or busy), so that
+                            // it starts on the first requests while the
+                            // data of the next is copied in; a backend
+                            // waiting for an event gets one, at the end.
                             unpushed += sent;
                             if unpushed >= PUSH_BYTES {
                                 unpushed = 0;
                                 if let Some(conn) = self.conn.as_mut() {
                                     for queue in &mut conn.queues {
-                                        queue.push(&self.evtchn)?;
+                                        queue.push_if_awake(&self.evtchn)?;
                                     }
                                 }
                             }

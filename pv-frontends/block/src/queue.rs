@@ -206,6 +206,16 @@ impl<Sh: SharedGrants> Queue<Sh> {
         Ok(())
     }
 
+    /// Publishes the requests put if that sends the backend no event (it
+    /// is awake); else leaves them for [`push`](Self::push). (Should the
+    /// backend go to sleep just after the look, the push notifies it.)
+    pub fn push_if_awake<E: EventChannels>(&mut self, evtchn: &E) -> Result<(), Error> {
+        if !self.unpushed || self.with_ring(|r| Ok(r.push_would_notify()))? {
+            return Ok(());
+        }
+        self.push(evtchn)
+    }
+
     /// Takes the next response off the ring, and checks it against the
     /// requests in flight.
     pub fn next_completion(&mut self) -> Result<Option<Completion<InFlight<Sh>>>, Error> {

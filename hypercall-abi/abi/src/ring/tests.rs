@@ -297,6 +297,43 @@ fn final_check_arms_the_event_index() {
 }
 
 #[test]
+fn push_would_notify_tells_whether_the_peer_waits() {
+    let owned = page();
+    let mem = owned.mem();
+    let mut front = Front::init_shared(mem).unwrap();
+    let mut back = Back::new(mem).unwrap();
+
+    // Nothing put: no push would notify.
+    assert!(!front.push_would_notify());
+    // The back end sleeps (asks for request 1): a push of request 0 would
+    // notify, and the push agrees.
+    assert!(!back.final_check_for_requests().unwrap());
+    front.put_request(&req(0)).unwrap();
+    assert!(front.push_would_notify());
+    assert!(front.push_requests_and_check_notify().unwrap());
+    // Awake now: the next push would not notify.
+    front.put_request(&req(1)).unwrap();
+    assert!(!front.push_would_notify());
+    assert!(!front.push_requests_and_check_notify().unwrap());
+
+    // The front end sleeps after response 1 (rsp_event = 1): a response
+    // would notify, whether already put or still to come.
+    back.consume_request().unwrap().unwrap();
+    back.consume_request().unwrap().unwrap();
+    mem.store_index(SringIndex::RspEvent, Wrapping(1));
+    assert!(!back.push_would_notify(0));
+    assert!(back.push_would_notify(1));
+    back.put_response(&Rsp { id: 0, status: 0 }).unwrap();
+    assert!(back.push_would_notify(0));
+    assert!(back.push_responses_and_check_notify().unwrap());
+    // The front end is awake (rsp_event still 1): more would not notify.
+    assert!(!back.push_would_notify(1));
+    back.put_response(&Rsp { id: 1, status: 0 }).unwrap();
+    assert!(!back.push_would_notify(0));
+    assert!(!back.push_responses_and_check_notify().unwrap());
+}
+
+#[test]
 fn backend_detects_request_producer_overrun() {
     let owned = page();
     let mem = owned.mem();
