@@ -21,7 +21,9 @@
 //!   through privcmd) from xl.cfg files: PV and PVH guests with the 6.1
 //!   and 6.12 kernels, four at once, each with the test disk served by rblkback (the guest checks a
 //!   known file's SHA-256) and a vif served by rnetback (dom0 pings the
-//!   guest); `xl list` shows them as `rxl list` does; `rxl destroy` removes
+//!   guest), but one whose config keeps Linux's blkback and netback
+//!   (`backendtype=phy` for the disk, `backendtype=netback` for the vif,
+//!   bridged by Xen's vif-bridge script); `xl list` shows them as `rxl list` does; `rxl destroy` removes
 //!   them, their store directories and their backend processes. The time
 //!   from create to the guest's userspace is measured for rxl and for xl
 //!   with the same configuration.
@@ -447,8 +449,12 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     for (name, kind, kernel, address) in guests {
         let mut config = GuestConfig::new(name, kind, kernel).with_network(address).hold();
         // One guest keeps Linux's in-kernel blkback for its disk
-        // (`backendtype=phy`), the others get rblkback.
+        // (`backendtype=phy`) and netback for its vif (`backendtype=netback`),
+        // the others get rblkback and rnetback.
         config = if name == PHY_GUEST {
+            for vif in &mut config.vifs {
+                vif.push_str(",backendtype=netback");
+            }
             config
                 .with_disk(&format!(
                     "format=raw,vdev=xvdb,access=ro,backendtype=phy,target={}",
@@ -503,6 +509,16 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ensure(
         kinds.trim() == "51728",
         format!("{PHY_GUEST}'s disk is not Linux blkback's alone: {kinds:?}"),
+    )?;
+    let kinds = h.run_ok(&format!(
+        "xenstore-list /local/domain/0/backend/vif/{d}; \
+         xenstore-exists /local/domain/0/backend/rvif/{d} && echo rnetback; \
+         pgrep -f 'rnetback.*--domid {d} ' >/dev/null && echo rnetback-process; \
+         ip -o link show vif{d}.0 | grep -o 'master xenbr0'; true"
+    ))?;
+    ensure(
+        kinds.split_whitespace().collect::<Vec<_>>() == ["0", "master", "xenbr0"],
+        format!("{PHY_GUEST}'s vif is not Linux netback's alone, on xenbr0: {kinds:?}"),
     )?;
     let rxl = h.run_ok("rxl list")?;
     let xl = h.run_ok("xl list")?;

@@ -31,7 +31,7 @@ pub use domain::{
 };
 pub use error::{ConfigError, Location, Near, SettingProblem, Source, SyntaxProblem};
 pub use file::{Op, Setting, Settings, Value, ValueKind};
-pub use vif::{MacAddr, VifError, VifSpec};
+pub use vif::{MacAddr, VifBackendType, VifError, VifSpec};
 
 #[cfg(test)]
 mod tests;

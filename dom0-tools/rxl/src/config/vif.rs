@@ -86,6 +86,16 @@ pub enum NicType {
     Ioemu,
 }
 
+/// Which driver serves the interface (`backendtype=`, an rxl extension:
+/// xl warns about it and ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VifBackendType {
+    /// The project's rnetback (the default).
+    Rnetback,
+    /// Linux's in-kernel netback.
+    Netback,
+}
+
 /// A transmit rate limit (`rate=RATE[@INTERVAL]`): the backend gives the
 /// guest `bytes_per_interval` bytes of credit every `interval_usecs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +244,8 @@ pub struct VifSpec {
     pub gatewaydev: Option<String>,
     /// `trusted` / `untrusted`.
     pub trusted: Option<bool>,
+    /// `backendtype=`.
+    pub backend_type: Option<VifBackendType>,
     /// `devid=`; in a [`DomainConfig`](super::DomainConfig), the vif's
     /// index in the list when not given.
     pub devid: Option<u32>,
@@ -259,6 +271,9 @@ pub enum VifProblem {
         /// Its value.
         value: String,
     },
+    /// `backendtype=` names no backend rxl has.
+    #[error("invalid parameter `backendtype': expected `rnetback' (the default) or `netback' (the kernel's), found `{0}'")]
+    InvalidBackendType(String),
     /// A COLO parameter: xl knows them, rxl does not implement COLO.
     #[error("COLO parameter `{0}' is not supported by rxl")]
     Unsupported(String),
@@ -354,6 +369,13 @@ impl VifSpec {
             "ip" => self.ip = text(),
             "script" => self.script = text(),
             "backend" => self.backend_domain = text(),
+            "backendtype" => {
+                self.backend_type = Some(match value {
+                    "rnetback" => VifBackendType::Rnetback,
+                    "netback" => VifBackendType::Netback,
+                    _ => return Err(VifProblem::InvalidBackendType(value.to_owned())),
+                })
+            }
             "vifname" => self.vifname = text(),
             "model" => self.model = text(),
             "rate" => self.rate = Some(value.parse()?),
@@ -478,6 +500,14 @@ mod tests {
             error("type=virtio"),
             "invalid vif specification `type=virtio': invalid parameter `type': expected `vif' or `ioemu', found `virtio'"
         );
+        assert_eq!(
+            error("backendtype=qemu"),
+            "invalid vif specification `backendtype=qemu': invalid parameter `backendtype': expected \
+             `rnetback' (the default) or `netback' (the kernel's), found `qemu'"
+        );
+        assert_eq!(vif("bridge=xenbr1,backendtype=netback").backend_type, Some(VifBackendType::Netback));
+        assert_eq!(vif("backendtype=rnetback").backend_type, Some(VifBackendType::Rnetback));
+        assert_eq!(vif("bridge=xenbr1").backend_type, None);
         assert_eq!(
             error("mtu=15oo"),
             "invalid vif specification `mtu=15oo': invalid parameter `mtu': `15oo' is not a number"

@@ -421,17 +421,12 @@ impl XenHost {
         started.inspect_err(|_| self.undo_attach(&nodes.paths))
     }
 
-    /// Attaches network interface `spec` to `domid` served by `backend`
-    /// (`libxl_device_nic_add`): its xenstore directories, then rnetback
+    /// Attaches network interface `spec` to `domid`, served by the backend
+    /// its `backendtype=` names (`libxl_device_nic_add`): its xenstore directories, then rnetback
     /// started for it, or Linux's netback and Xen's vif hotplug script.
     /// Returns what was attached (device id, MAC, ...). On failure what
     /// was done is undone.
-    pub(crate) fn attach_nic(
-        &self,
-        domid: DomId,
-        spec: &config::VifSpec,
-        backend: NicBackend,
-    ) -> Result<NicPlan, HostError> {
+    pub(crate) fn attach_nic(&self, domid: DomId, spec: &config::VifSpec) -> Result<NicPlan, HostError> {
         self.raw_info(domid)?;
         self.check_backend_domain(spec.backend_domain.as_deref())?;
         let devid = match spec.devid {
@@ -439,11 +434,11 @@ impl XenHost {
             None => devices::next_nic_devid(self.store(), domid)?,
         };
         let mac = config::MacAddr::random_xen(random_bytes);
-        let plan = NicPlan::new(spec, backend, domid, devid, mac)?;
+        let plan = NicPlan::new(spec, domid, devid, mac)?;
         let nodes = plan.nodes(domid);
         devices::add_device(self.store(), &nodes)?;
         let started = match &plan.script {
-            Some(script) if backend == NicBackend::Kernel => self.kernel_backend_up(
+            Some(script) if plan.backend == NicBackend::Kernel => self.kernel_backend_up(
                 &nodes.paths,
                 script,
                 plan.gatewaydev.as_deref(),
@@ -904,7 +899,7 @@ impl Host for XenHost {
             }
             let mut nics = Vec::new();
             for vif in &cfg.vifs {
-                nics.push(self.attach_nic(domid, vif, NicBackend::Rnetback)?);
+                nics.push(self.attach_nic(domid, vif)?);
             }
             // Where libxl keeps xl's domains' configurations, for `list -l`.
             let stored = libxl_config::created(&cfg, &Uuid(built.uuid), &nics);
@@ -1193,16 +1188,15 @@ impl Host for XenHost {
         devices::network_devices(self.store(), domid)
     }
 
-    /// `xl network-attach`: the settings parsed as one specification
-    /// (`backendtype=` taken out first), then [`XenHost::attach_nic`].
+    /// `xl network-attach`: the settings parsed as one specification,
+    /// then [`XenHost::attach_nic`].
     fn network_attach(&mut self, domid: DomId, nic: &NicSpec) -> Result<(), HostError> {
-        let (backend, spec) = devices::split_nic_settings(&nic.settings)?;
         let (spec, warnings) =
-            config::VifSpec::parse(&spec).map_err(|e| HostError::Invalid(e.to_string()))?;
+            config::VifSpec::parse(&nic.settings.join(",")).map_err(|e| HostError::Invalid(e.to_string()))?;
         for warning in warnings {
             log::warn!("{warning}");
         }
-        self.attach_nic(domid, &spec, backend).map(drop)
+        self.attach_nic(domid, &spec).map(drop)
     }
 
     /// `libxl_device_nic_remove`: wait for the guest, and remove by force

@@ -16,7 +16,7 @@ use hypercall_abi::xen::xenbus::XenbusState;
 
 use super::store;
 use crate::config::disk::{Access, BackendType, DiskFormat, Specification};
-use crate::config::vif::{NicType, Rate};
+use crate::config::vif::{NicType, Rate, VifBackendType};
 use crate::config::{DiskSpec, MacAddr, VifSpec};
 use crate::host::{BlockDevice, DomId, HostError, NetworkDevice};
 
@@ -667,36 +667,14 @@ pub enum NicBackend {
     Kernel,
 }
 
-/// The rxl extension key choosing a vif's backend.
-pub(crate) const NIC_BACKEND_KEY: &str = "backendtype";
-
 impl NicBackend {
-    /// The backend named by `backendtype=VALUE`.
-    pub(crate) fn from_name(value: &str) -> Result<Self, HostError> {
-        match value {
-            "rnetback" => Ok(NicBackend::Rnetback),
-            "netback" => Ok(NicBackend::Kernel),
-            other => Err(HostError::Invalid(format!(
-                "unknown vif backendtype `{other}': expected `netback' (the kernel's) or `rnetback' (the default)"
-            ))),
+    /// The backend `backendtype=` asks for, rnetback if none.
+    pub(crate) fn of(spec: &VifSpec) -> Self {
+        match spec.backend_type {
+            Some(VifBackendType::Netback) => NicBackend::Kernel,
+            Some(VifBackendType::Rnetback) | None => NicBackend::Rnetback,
         }
     }
-}
-
-/// `xl network-attach`'s settings split into the `backendtype=` choice
-/// and the specification proper (the last `backendtype=` wins).
-pub(crate) fn split_nic_settings(settings: &[String]) -> Result<(NicBackend, String), HostError> {
-    let mut backend = NicBackend::Rnetback;
-    let mut rest = Vec::new();
-    for setting in settings {
-        match setting.trim().split_once('=') {
-            Some((key, value)) if key.trim() == NIC_BACKEND_KEY => {
-                backend = NicBackend::from_name(value.trim())?
-            }
-            _ => rest.push(setting.as_str()),
-        }
-    }
-    Ok((backend, rest.join(",")))
 }
 
 /// A network interface to attach, checked.
@@ -735,7 +713,6 @@ impl NicPlan {
     /// resolved to dom0 by the caller.
     pub(crate) fn new(
         spec: &VifSpec,
-        backend: NicBackend,
         domid: DomId,
         devid: u32,
         mac: MacAddr,
@@ -748,6 +725,7 @@ impl NicPlan {
         if let Some(model) = &spec.model {
             log::warn!("vif {devid}: model={model} is for emulated cards of HVM guests; ignored");
         }
+        let backend = NicBackend::of(spec);
         let script = match backend {
             NicBackend::Kernel => Some(script_path(spec.script.as_deref().unwrap_or("vif-bridge"))),
             NicBackend::Rnetback => {
@@ -994,7 +972,7 @@ mod tests {
 
     #[test]
     fn a_default_vif_goes_to_rnetback_on_xenbr0() {
-        let plan = NicPlan::new(&vif(""), NicBackend::Rnetback, 4, 0, MAC).unwrap();
+        let plan = NicPlan::new(&vif(""), 4, 0, MAC).unwrap();
         let nodes = plan.nodes(4);
 
         assert_eq!(plan.ifname, "vif4.0");
@@ -1014,8 +992,8 @@ mod tests {
     #[test]
     fn a_netback_vif_is_written_as_libxl_writes_it() {
         let spec =
-            vif("mac=00:16:3e:aa:bb:cc,bridge=br1,vifname=web0,ip=192.0.2.1,mtu=9000,rate=10Mb/s");
-        let plan = NicPlan::new(&spec, NicBackend::Kernel, 4, 2, MAC).unwrap();
+            vif("mac=00:16:3e:aa:bb:cc,bridge=br1,vifname=web0,ip=192.0.2.1,mtu=9000,rate=10Mb/s,backendtype=netback");
+        let plan = NicPlan::new(&spec, 4, 2, MAC).unwrap();
         let nodes = plan.nodes(4);
 
         assert_eq!(nodes.paths.backend, "/local/domain/0/backend/vif/4/2");
@@ -1033,28 +1011,19 @@ mod tests {
     #[test]
     fn an_emulated_vif_is_refused() {
         assert!(matches!(
-            NicPlan::new(&vif("type=ioemu"), NicBackend::Rnetback, 4, 0, MAC),
+            NicPlan::new(&vif("type=ioemu"), 4, 0, MAC),
             Err(HostError::Invalid(_))
         ));
     }
 
     #[test]
-    fn backendtype_is_taken_out_of_the_vif_settings() {
-        let settings = [
-            "bridge=br1".to_owned(),
-            "backendtype=netback".to_owned(),
-            "mac=00:16:3e:00:00:01".to_owned(),
-        ];
-
-        let (backend, spec) = split_nic_settings(&settings).unwrap();
-
-        assert_eq!(backend, NicBackend::Kernel);
-        assert_eq!(spec, "bridge=br1,mac=00:16:3e:00:00:01");
-        assert_eq!(
-            split_nic_settings(&[]).unwrap(),
-            (NicBackend::Rnetback, String::new())
-        );
-        assert!(split_nic_settings(&["backendtype=qemu".to_owned()]).is_err());
+    fn backendtype_chooses_the_driver() {
+        assert_eq!(NicBackend::of(&vif("bridge=br1,backendtype=netback")), NicBackend::Kernel);
+        assert_eq!(NicBackend::of(&vif("backendtype=rnetback")), NicBackend::Rnetback);
+        assert_eq!(NicBackend::of(&vif("")), NicBackend::Rnetback);
+        let plan = NicPlan::new(&vif("backendtype=netback"), 4, 0, MAC).unwrap();
+        assert_eq!(plan.backend_kind(), KERNEL_NET_KIND);
+        assert!(plan.script.is_some());
     }
 
     #[test]
@@ -1095,7 +1064,7 @@ mod tests {
     fn an_added_device_has_libxl_s_permissions() {
         let store = TestStore::start();
         let xs = store.client();
-        let nodes = NicPlan::new(&vif(""), NicBackend::Rnetback, 5, 0, MAC)
+        let nodes = NicPlan::new(&vif(""), 5, 0, MAC)
             .unwrap()
             .nodes(5);
 
@@ -1149,7 +1118,7 @@ mod tests {
     fn an_added_vif_is_listed_with_its_mac() {
         let store = TestStore::start();
         let xs = store.client();
-        let nodes = NicPlan::new(&vif(""), NicBackend::Rnetback, 5, 0, MAC)
+        let nodes = NicPlan::new(&vif(""), 5, 0, MAC)
             .unwrap()
             .nodes(5);
         add_device(&xs, &nodes).unwrap();

@@ -227,7 +227,6 @@ fn domain_config(cfg: &DomainConfig, stage: Stage, uuid: &Uuid, nics: &[StoredNi
 mod tests {
     use super::*;
     use crate::config::{MacAddr, Source};
-    use crate::host::xen::devices::NicBackend;
 
     /// What rxl stores for `cfg` with the uuid and MAC xl gave the same
     /// domain, laid out by libxl's generator.
@@ -235,7 +234,7 @@ mod tests {
         let cfg = DomainConfig::parse(Source::File("t.cfg".into()), cfg_text, &[] as &[&str])
             .unwrap_or_else(|e| panic!("{e}"));
         let uuid: crate::config::Uuid = uuid.parse().unwrap();
-        let nic = NicPlan::new(&cfg.vifs[0], NicBackend::Rnetback, 1, 0, MacAddr(mac)).unwrap();
+        let nic = NicPlan::new(&cfg.vifs[0], 1, 0, MacAddr(mac)).unwrap();
         crate::commands::format::libxl_json(&created(&cfg, &Uuid(uuid.0), &[nic]))
     }
 
