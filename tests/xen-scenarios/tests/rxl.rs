@@ -6,7 +6,8 @@
 //!   CPU seconds, free memory).
 //! - The suite runs the project's rxconsoled in place of xenconsoled: it
 //!   logs every guest's console (the harness reads those logs throughout),
-//!   and `rxl console` reaches a guest through it, both ways.
+//!   and `rxl console` reaches a guest through it, both ways; `rxl create
+//!   -c` shows a new guest's console up to its userspace.
 //! - rxl controls a guest `xl` created (a 6.12 PV guest): `list`,
 //!   `vcpu-list`, `pause`/`unpause` (seen by `xl list`), `mem-set` (the
 //!   target in the store), `block-attach` of a disk the project's rblkback
@@ -426,6 +427,29 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         left.trim() == "0",
         format!("after rxl destroy, xl list/xenstore still show rxl-pv-2: {left:?}"),
     )?;
+
+    // create -c: the new guest's console until it leaves; its standard
+    // input stays open until the guest reached userspace, then ends, and
+    // the session returns once the console is quiet.
+    let release = h.manifest().guest_release(GuestKernel::Linux612)?.to_owned();
+    let cfg = GuestConfig::new("rxl-c", GuestKind::Pv, GuestKernel::Linux612).hold().render(&release);
+    let out = h.run_with(
+        "set -e; cat > /etc/xen/rxl-c.cfg; rm -f /tmp/rxl-c.in; mkfifo /tmp/rxl-c.in\n\
+         rxl create -c /etc/xen/rxl-c.cfg < /tmp/rxl-c.in > /tmp/rxl-c.out 2> /tmp/rxl-c.err & pid=$!\n\
+         exec 3> /tmp/rxl-c.in\n\
+         for i in $(seq 900); do grep -q 'RXEN-GUEST-UP release=' /tmp/rxl-c.out && break; sleep 0.1; done\n\
+         exec 3>&-\n\
+         set +e; wait $pid; echo \"rc=$?\"; set -e\n\
+         grep -c 'RXEN-GUEST-UP release=' /tmp/rxl-c.out; xl list rxl-c | tail -n 1 | awk '{print $1}'; cat /tmp/rxl-c.err >&2",
+        cfg.as_bytes(),
+        GUEST_WAIT + Duration::from_secs(30),
+    )?;
+    let seen: Vec<&str> = out.stdout.split_whitespace().collect();
+    ensure(
+        seen == ["rc=0", "1", "rxl-c"],
+        format!("rxl create -c: {:?} (want rc=0, the guest's userspace line once, the guest listed); stderr: {}", out.stdout, out.stderr),
+    )?;
+    h.run_ok("rxl destroy rxl-c")?;
     Ok(())
 }
 

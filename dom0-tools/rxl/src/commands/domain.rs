@@ -259,7 +259,14 @@ pub(super) fn create(
     }
     match host.create(&request).map_err(CommandError::Create)? {
         CreateOutcome::DryRun(config) => io.out.write_all(libxl_json(&config).as_bytes())?,
-        CreateOutcome::Created(domid) => log::info!("created domain {domid}"),
+        CreateOutcome::Created(domid) => {
+            log::info!("created domain {domid}");
+            if request.console_autoconnect {
+                // xl's autoconnect_console: the primary console, until the
+                // user leaves it (Ctrl-]) or the guest goes.
+                host.console(domid, None, 0).map_err(CommandError::Console)?;
+            }
+        }
     }
     Ok(())
 }

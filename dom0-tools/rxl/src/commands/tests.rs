@@ -475,6 +475,28 @@ fn create_passes_the_file_and_overrides() {
 }
 
 #[test]
+fn create_c_attaches_the_console_of_the_new_domain() {
+    let mut host = host();
+    host.console_works = true;
+
+    let r = rxl(&mut host, &["create", "-c", "/etc/xen/new.cfg", "name=new"]);
+    host.console_works = false;
+    let failed = rxl(&mut host, &["create", "-c", "/etc/xen/other.cfg", "name=other"]);
+    let plain = rxl(&mut host, &["create", "/etc/xen/third.cfg", "name=third"]);
+
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        host.calls.iter().filter(|c| c.starts_with("console")).collect::<Vec<_>>(),
+        ["console 8 None 0", "console 9 None 0"]
+    );
+    // The domain stays when the console cannot be attached, as with xl.
+    assert_eq!((failed.code, failed.err.lines().last()), (1, Some("Unable to attach console")));
+    assert_eq!(host.domains[&9].info.name.as_deref(), Some("other"));
+    assert_eq!(plain.code, 0);
+    assert!(!host.calls.iter().any(|c| c == "console 10 None 0"));
+}
+
+#[test]
 fn create_dry_run_prints_the_config() {
     let mut host = host();
     host.dry_run_config = json!({"c_info": {"name": "new"}});
