@@ -678,9 +678,12 @@ impl<P: Platform> Daemon<P> {
         });
         let path = format!("{}/tty", con.dir);
         let tty = pty.path().as_os_str().as_encoded_bytes().to_vec();
-        self.xs
-            .write(hypercall_abi::platform::Transaction::NONE, &path, &tty)
+        let written = store::write_in_existing(&*self.xs, &con.dir, &path, &tty)
             .map_err(|source| TtyError::Publish { path, source })?;
+        if !written {
+            log::debug!("domain {domid}: {} is gone (the domain is going); no pty published", con.dir);
+            return Ok(());
+        }
         if con.buffer.is_empty() {
             con.buffer = OutputBuffer::new(limit, self.options.overflow);
         }

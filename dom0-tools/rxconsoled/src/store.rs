@@ -74,6 +74,33 @@ pub fn read(xs: &dyn Xenstore, path: &str) -> Result<Option<Vec<u8>>, NodeError>
     }
 }
 
+/// Writes `value` to `path` only if the directory `dir` still exists, in
+/// one transaction (retried on conflicts): a write outside one would
+/// create the directory again if the toolstack had just removed it (a
+/// domain destroyed while its console is set up), leaving it behind.
+/// Returns whether it wrote.
+pub fn write_in_existing(xs: &dyn Xenstore, dir: &str, path: &str, value: &[u8]) -> Result<bool, XsError> {
+    loop {
+        let tx = xs.transaction_start()?;
+        let written = match xs.read(tx, dir) {
+            Ok(_) => xs.write(tx, path, value).map(|()| true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(written) => match xs.transaction_end(tx, written) {
+                Ok(()) => return Ok(written),
+                Err(e) if e.is_again() => continue,
+                Err(e) => return Err(e),
+            },
+            Err(e) => {
+                let _ = xs.transaction_end(tx, false);
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// What the toolstack wrote for a console to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsoleNodes {

@@ -731,3 +731,20 @@ fn a_log_waits_for_a_usable_name() {
     h.guest_says(5, &page, b"late\n");
     h.until("logged", |h| h.log("web") == "late\n");
 }
+
+#[test]
+fn the_pty_path_is_written_only_while_the_console_directory_exists() {
+    let store = TestStore::start();
+    let xs = store.client();
+    let dir = crate::store::console_path(7);
+    xs.write(Transaction::NONE, &format!("{dir}/type"), b"xenconsoled").unwrap();
+
+    let written = crate::store::write_in_existing(&xs, &dir, &format!("{dir}/tty"), b"/dev/pts/9").unwrap();
+    xs.rm(Transaction::NONE, &crate::store::domain_path(7)).unwrap();
+    let after_removal = crate::store::write_in_existing(&xs, &dir, &format!("{dir}/tty"), b"/dev/pts/9").unwrap();
+
+    assert!(written);
+    assert!(!after_removal);
+    // The removed domain's directory was not created again.
+    assert!(xs.read(Transaction::NONE, &crate::store::domain_path(7)).unwrap_err().is_not_found());
+}
