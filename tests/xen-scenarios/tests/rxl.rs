@@ -417,6 +417,14 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ))?;
     ensure(out.success(), format!("rxl-pv-2 was not restarted after rxl reboot:\n{}", out.stdout))?;
     h.wait_guest_line(&g2, "RXEN-RXL reboot", Duration::from_secs(30))?;
+    // xl's monitor is done building the new domain once it unpaused it;
+    // destroying it before would race libxl's last writes to its store
+    // directory.
+    let out = h.run(
+        "for i in $(seq 1 600); do s=$(xl list rxl-pv-2 2>/dev/null | awk 'NR == 2 {print $5}'); \
+         case $s in ''|*p*) sleep 0.1 ;; *) exit 0 ;; esac; done; xl list; exit 1",
+    )?;
+    ensure(out.success(), format!("the restarted rxl-pv-2 was not unpaused:\n{}", out.stdout))?;
 
     let d2 = h.domid("rxl-pv-2")?;
     h.run_ok("rxl destroy rxl-pv-2")?;

@@ -961,7 +961,7 @@ impl Host for XenHost {
             .ok()
             .flatten()
             .unwrap_or_else(|| format!("/vm/{uuid}"));
-        for path in [vm, dom, format!("/libxl/{domid}")] {
+        for path in [vm, dom.clone(), format!("/libxl/{domid}")] {
             if let Err(e) = store::rm(xs, NONE, &path) {
                 log::error!("{e}");
             }
@@ -974,6 +974,13 @@ impl Host for XenHost {
         }
         self.pids.forget_domain(domid);
         self.privcmd.destroy_domain(d).map_err(xen_failed(domid))?;
+        // Anything that wrote below the domain's directory between its
+        // removal and the domain's end (a toolstack still finishing the
+        // domain, a daemon publishing a node) created it again: remove it
+        // once more, now that nothing of the domain runs.
+        if let Err(e) = store::rm(xs, NONE, &dom) {
+            log::debug!("{e}");
+        }
         // xenstored notices the death by itself (VIRQ_DOM_EXC); telling it
         // spares it the wait.
         match self.xs.is_domain_introduced(d) {
