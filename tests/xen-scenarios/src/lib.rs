@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 pub mod fio;
 
-use xen_harness::{HostConfig, Result, XenHost};
+use xen_harness::{FileSource, HostConfig, Result, XenHost};
 
 /// Sets up logging for a scenario binary (`RUST_LOG` overrides `info`).
 pub fn init_logging() {
@@ -253,6 +253,24 @@ xenstore-write $fe/state 1
     Ok(())
 }
 
+/// Puts a perf package into dom0 for profiling (the `netprof` and
+/// `blkprof` examples): `pkg/perf` as `/opt/perf/perf` and the libraries
+/// in `pkg/lib` under `/opt/perf/lib` (run it with
+/// `LD_LIBRARY_PATH=/opt/perf/lib`).
+pub fn with_perf(mut config: HostConfig, pkg: &str) -> HostConfig {
+    let pkg = std::path::Path::new(pkg);
+    config = config.with_dom0_file("/opt/perf/perf", FileSource::Host(pkg.join("perf")), 0o755);
+    if let Ok(dir) = std::fs::read_dir(pkg.join("lib")) {
+        for path in dir.filter_map(|e| e.ok().map(|e| e.path())) {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                let dest = format!("/opt/perf/lib/{name}");
+                config = config.with_dom0_file(&dest, FileSource::Host(path.clone()), 0o755);
+            }
+        }
+    }
+    config
+}
+
 /// Boots a host for a suite and records its boot time.
 pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
     let start = Instant::now();
@@ -302,9 +320,48 @@ pub fn first_difference(got: &str, want: &str) -> Option<String> {
         .or_else(|| Some("the line ends differ".to_owned()))
 }
 
+/// How long a guest's kernel ran before its userspace started, by the
+/// guest's own clock: the printk time (`[   5.123456]`) of the last kernel
+/// line of `console` before the `RXEN-GUEST-UP` line. No toolstack can
+/// bring a guest to userspace faster than this (it is spent after the
+/// domain was built and unpaused). `None` without timestamped lines.
+pub fn kernel_boot_time(console: &str) -> Option<Duration> {
+    let mut last = None;
+    for line in console.lines() {
+        if line.contains("RXEN-GUEST-UP") {
+            return last;
+        }
+        let stamp = line.trim_start().strip_prefix('[').and_then(|r| r.split_once(']')).map(|(t, _)| t.trim());
+        if let Some(secs) = stamp.and_then(|t| t.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0) {
+            last = Some(Duration::from_secs_f64(secs));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use super::first_difference;
+    use super::{first_difference, kernel_boot_time};
+    use std::time::Duration;
+
+    #[test]
+    fn kernel_boot_time_is_the_last_stamp_before_userspace() {
+        // Arrange
+        let console = "[    0.000000] Linux version 6.12\n\
+                       [    4.250000] Run /init as init process\n\
+                       RXEN-GUEST-UP release=6.12\n\
+                       [    9.000000] later\n";
+
+        // Act
+        let boot = kernel_boot_time(console);
+        let none = kernel_boot_time("no stamps\nRXEN-GUEST-UP release=x\n");
+        let never_up = kernel_boot_time("[    1.000000] booting\n");
+
+        // Assert
+        assert_eq!(boot, Some(Duration::from_millis(4250)));
+        assert_eq!(none, None);
+        assert_eq!(never_up, None);
+    }
 
     #[test]
     fn first_difference_names_the_line() {
