@@ -37,7 +37,10 @@ use hypercall_abi::xen::sysctl::{
     XenSysctlSchedId, GETDOMAININFO_RECORD_SIZE, XEN_SYSCTL_GETCPUINFO, XEN_SYSCTL_GETDOMAININFOLIST,
     XEN_SYSCTL_INTERFACE_VERSION, XEN_SYSCTL_PHYSINFO, XEN_SYSCTL_READCONSOLE, XEN_SYSCTL_SCHED_ID,
 };
-use hypercall_abi::xen::domctl::{XenDomctlHvmcontext, XEN_DOMCTL_GETHVMCONTEXT, XEN_DOMCTL_SETHVMCONTEXT};
+use hypercall_abi::xen::domctl::{
+    XenDomctlHvmcontext, XenDomctlTscInfo, XEN_DOMCTL_GETHVMCONTEXT, XEN_DOMCTL_GETTSCINFO, XEN_DOMCTL_SETHVMCONTEXT,
+    XEN_DOMCTL_SETTSCINFO,
+};
 use hypercall_abi::xen::hvm::{XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
 use hypercall_abi::xen::hypercall::HYPERVISOR_HVM_OP;
 use hypercall_abi::xen::{DomId, EvtchnPort, DOMID_FIRST_RESERVED, PAGE_SIZE};
@@ -204,6 +207,8 @@ const fn domctl_without_handles(cmd: u32) -> bool {
             | XEN_DOMCTL_HYPERCALL_INIT
             | XEN_DOMCTL_SETTIMEOFFSET
             | XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE
+            | XEN_DOMCTL_SETTSCINFO
+            | XEN_DOMCTL_GETTSCINFO
     )
 }
 
@@ -222,6 +227,8 @@ fn domctl_name(cmd: u32) -> &'static str {
         XEN_DOMCTL_GETVCPUINFO => "XEN_DOMCTL_getvcpuinfo",
         XEN_DOMCTL_MAX_VCPUS => "XEN_DOMCTL_max_vcpus",
         XEN_DOMCTL_HYPERCALL_INIT => "XEN_DOMCTL_hypercall_init",
+        XEN_DOMCTL_SETTSCINFO => "XEN_DOMCTL_settscinfo",
+        XEN_DOMCTL_GETTSCINFO => "XEN_DOMCTL_gettscinfo",
         XEN_DOMCTL_SETTIMEOFFSET => "XEN_DOMCTL_settimeoffset",
         XEN_DOMCTL_GETVCPUAFFINITY => "XEN_DOMCTL_getvcpuaffinity",
         XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE => "XEN_DOMCTL_set_paging_mempool_size",
@@ -893,6 +900,20 @@ impl Privcmd {
         self.plain_domctl(&XenDomctl::hypercall_init(dom, gmfn)).map(drop)
     }
 
+    /// Puts domain `dom` in TSC mode `tsc_mode` (`XEN_TSC_MODE_*`,
+    /// `XEN_DOMCTL_settscinfo`, `tsc_mode` in `xl.cfg`), keeping the
+    /// host's TSC frequency.
+    pub fn set_tsc_mode(&self, dom: DomId, tsc_mode: u32) -> Result<(), PrivcmdError> {
+        check_domid(dom)?;
+        self.plain_domctl(&XenDomctl::settscinfo(dom, tsc_mode)).map(drop)
+    }
+
+    /// Domain `dom`'s TSC mode (`XEN_DOMCTL_gettscinfo`).
+    pub fn tsc_mode(&self, dom: DomId) -> Result<u32, PrivcmdError> {
+        check_domid(dom)?;
+        Ok(self.plain_domctl(&XenDomctl::gettscinfo(dom))?.payload::<XenDomctlTscInfo>().tsc_mode)
+    }
+
     /// Shifts domain `dom`'s wallclock by `seconds`
     /// (`XEN_DOMCTL_settimeoffset`, `rtc_timeoffset` in `xl.cfg`).
     pub fn set_time_offset(&self, dom: DomId, seconds: i64) -> Result<(), PrivcmdError> {
@@ -1394,6 +1415,7 @@ mod tests {
     fn only_handle_free_domctls_take_the_plain_path() {
         assert!(domctl_without_handles(XEN_DOMCTL_PAUSEDOMAIN));
         assert!(domctl_without_handles(XEN_DOMCTL_CREATEDOMAIN));
+        assert!(domctl_without_handles(XEN_DOMCTL_SETTSCINFO));
         assert!(!domctl_without_handles(XEN_DOMCTL_SETVCPUCONTEXT));
         assert!(!domctl_without_handles(XEN_DOMCTL_GETVCPUCONTEXT));
         assert!(!domctl_without_handles(XEN_DOMCTL_SETVCPUAFFINITY));

@@ -463,6 +463,8 @@ fn control(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
 
 /// The guest of [`create`] whose disk Linux's blkback serves.
 const PHY_GUEST: &str = "rxl-new-61";
+/// The rxl guest created with `tsc_mode="always_emulate"`.
+const TSC_GUEST: &str = "rxl-new-612";
 
 fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     // Arrange
@@ -496,6 +498,9 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         } else {
             config.with_test_disk("xvdb")
         };
+        if name == TSC_GUEST {
+            config.raw.push("tsc_mode = \"always_emulate\"".to_owned());
+        }
         created.push((h.create_with(&config, "rxl")?, address));
     }
     let mut up = Vec::new();
@@ -505,6 +510,8 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     let baseline = GuestConfig::new("xl-new-612", GuestKind::Pv, GuestKernel::Linux612).hold();
     let b = h.xl_create(&baseline)?;
     let (_, xl_up) = h.wait_guest_up(&b, GUEST_WAIT)?;
+    // The guest kernel's own boot, which no toolstack shortens.
+    let xl_boot = xen_scenarios::kernel_boot_time(&h.guest_console(&b.name)?);
     h.xl_destroy("xl-new-612")?;
     let rxl_alone = {
         let config = GuestConfig::new("rxl-new-612b", GuestKind::Pv, GuestKernel::Linux612).hold();
@@ -519,6 +526,13 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         "rxl / xl, create to userspace",
         format!("{:.2}x", rxl_alone.as_secs_f64() / xl_up.as_secs_f64()),
     );
+    if let Some(boot) = xl_boot {
+        figures.record("  of which the guest kernel's boot (its clock, xl's run)", boot);
+        figures.note(
+            "  floor for any toolstack: that boot / xl's create to userspace",
+            format!("{:.2}x", boot.as_secs_f64() / xl_up.as_secs_f64()),
+        );
+    }
 
     // Assert: the guests run their kernels, see the disk and the network.
     for ((g, address), (release, since)) in created.iter().zip(&up) {
@@ -551,6 +565,21 @@ fn create(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ensure(
         kinds.split_whitespace().collect::<Vec<_>>() == ["0", "master", "xenbr0"],
         format!("{PHY_GUEST}'s vif is not Linux netback's alone, on xenbr0: {kinds:?}"),
+    )?;
+    // tsc_mode reached Xen: its TSC dump ('s' debug key) lists each
+    // domain's mode (1: always emulate, 0: the default).
+    let (tsc, plain) = (h.domid(TSC_GUEST)?, h.domid(PHY_GUEST)?);
+    let modes = h.run_ok(&format!(
+        "xl debug-keys s; xl dmesg | grep -o -E 'dom({tsc}|{plain}): mode=[0-9]+' | tail -n 2 | sort"
+    ))?;
+    let want = {
+        let mut w = vec![format!("dom{tsc}: mode=1"), format!("dom{plain}: mode=0")];
+        w.sort();
+        w
+    };
+    ensure(
+        modes.lines().map(str::to_owned).collect::<Vec<_>>() == want,
+        format!("TSC modes in Xen's dump, want {want:?}: {modes:?}"),
     )?;
     let rxl = h.run_ok("rxl list")?;
     let xl = h.run_ok("xl list")?;

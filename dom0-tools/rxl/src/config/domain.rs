@@ -18,6 +18,42 @@ pub enum DomainType {
     Pvh,
 }
 
+/// How the guest's `rdtsc` is served (`tsc_mode`, libxl's
+/// `libxl_tsc_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TscMode {
+    /// `default`: native while the TSC is reliable, emulated otherwise.
+    #[default]
+    Default,
+    /// `always_emulate`: every `rdtsc` is emulated.
+    AlwaysEmulate,
+    /// `native`: never emulated.
+    Native,
+}
+
+impl TscMode {
+    /// The mode's name in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TscMode::Default => "default",
+            TscMode::AlwaysEmulate => "always_emulate",
+            TscMode::Native => "native",
+        }
+    }
+
+    /// The mode number of `XEN_DOMCTL_settscinfo` (`XEN_TSC_MODE_*`).
+    pub fn xen_mode(self) -> u32 {
+        use hypercall_abi::xen::domctl::{
+            XEN_TSC_MODE_ALWAYS_EMULATE, XEN_TSC_MODE_DEFAULT, XEN_TSC_MODE_NEVER_EMULATE,
+        };
+        match self {
+            TscMode::Default => XEN_TSC_MODE_DEFAULT,
+            TscMode::AlwaysEmulate => XEN_TSC_MODE_ALWAYS_EMULATE,
+            TscMode::Native => XEN_TSC_MODE_NEVER_EMULATE,
+        }
+    }
+}
+
 /// What to do when the guest shuts down for a given reason (`on_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -208,6 +244,7 @@ pub const RXL_KEYS: &[&str] = &[
     "on_watchdog",
     "on_crash",
     "on_soft_reset",
+    "tsc_mode",
     "disk",
     "vif",
 ];
@@ -414,6 +451,8 @@ pub struct DomainConfig {
     pub on_crash: Action,
     /// `on_soft_reset` (default `soft-reset`).
     pub on_soft_reset: Action,
+    /// `tsc_mode` (default `default`).
+    pub tsc_mode: TscMode,
     /// `disk`, in order.
     pub disks: Vec<DiskSpec>,
     /// `vif`, in order; every `devid` is set (to the index if not given).
@@ -484,6 +523,7 @@ impl DomainConfig {
         let on_watchdog = action(&settings, "on_watchdog", Action::Destroy)?;
         let on_crash = action(&settings, "on_crash", Action::Destroy)?;
         let on_soft_reset = action(&settings, "on_soft_reset", Action::SoftReset)?;
+        let tsc_mode = tsc_mode(&settings)?;
 
         let kernel = settings.string("kernel")?.map(str::to_owned);
         let ramdisk = settings.string("ramdisk")?.map(str::to_owned);
@@ -508,6 +548,7 @@ impl DomainConfig {
             on_watchdog,
             on_crash,
             on_soft_reset,
+            tsc_mode,
             disks,
             vifs,
             warnings,
@@ -595,6 +636,23 @@ fn action(settings: &Settings, key: &str, default: Action) -> Result<Action, Con
     let name = setting.string()?;
     name.parse()
         .map_err(|_| setting.error(SettingProblem::UnknownAction(name.to_owned())))
+}
+
+/// `tsc_mode`: a name, or (deprecated in xl, which warns) the mode's
+/// number. `native_paravirt` (3) is refused here, where libxl refuses it
+/// only when building the domain.
+fn tsc_mode(settings: &Settings) -> Result<TscMode, ConfigError> {
+    let Some(setting) = settings.get("tsc_mode") else {
+        return Ok(TscMode::Default);
+    };
+    let value = setting.string()?;
+    match value {
+        "default" | "0" => Ok(TscMode::Default),
+        "always_emulate" | "1" => Ok(TscMode::AlwaysEmulate),
+        "native" | "2" => Ok(TscMode::Native),
+        "native_paravirt" | "3" => Err(setting.error(SettingProblem::TscModeRemoved)),
+        other => Err(setting.error(SettingProblem::UnknownTscMode(other.to_owned()))),
+    }
 }
 
 /// The kernel command line, as xl's `parse_cmdline`.

@@ -184,6 +184,12 @@ pub enum SettingProblem {
          preserve, coredump-destroy, coredump-restart or soft-reset)"
     )]
     UnknownAction(String),
+    /// `tsc_mode` names no mode.
+    #[error("invalid value {0:?} for \"tsc_mode\" (expected default, always_emulate or native)")]
+    UnknownTscMode(String),
+    /// `tsc_mode="native_paravirt"`, which Xen no longer has.
+    #[error("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed")]
+    TscModeRemoved,
     /// `maxmem` is below `memory`.
     #[error("maxmem ({maxmem} MiB) must be greater than or equal to memory ({memory} MiB)")]
     MaxmemBelowMemory {

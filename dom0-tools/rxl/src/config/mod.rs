@@ -26,8 +26,8 @@ pub mod vif;
 
 pub use disk::{DiskError, DiskSpec, Vdev};
 pub use domain::{
-    Action, ConfigWarning, DomainConfig, DomainType, IgnoredSetting, InvalidUuid, UnknownAction,
-    Uuid, DEFAULT_MEMORY_MIB, RXL_KEYS, XL_KEYS,
+    Action, ConfigWarning, DomainConfig, DomainType, IgnoredSetting, InvalidUuid, TscMode,
+    UnknownAction, Uuid, DEFAULT_MEMORY_MIB, RXL_KEYS, XL_KEYS,
 };
 pub use error::{ConfigError, Location, Near, SettingProblem, Source, SyntaxProblem};
 pub use file::{Op, Setting, Settings, Value, ValueKind};

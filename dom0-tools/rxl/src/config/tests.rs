@@ -401,6 +401,31 @@ fn shutdown_actions() {
 }
 
 #[test]
+fn tsc_modes() {
+    let mode = |text: &str| config(&format!("name='a'\n{text}")).tsc_mode;
+
+    assert_eq!(mode(""), TscMode::Default);
+    assert_eq!(mode("tsc_mode='default'\n"), TscMode::Default);
+    assert_eq!(mode("tsc_mode='always_emulate'\n"), TscMode::AlwaysEmulate);
+    assert_eq!(mode("tsc_mode='native'\n"), TscMode::Native);
+    // The older numeric form.
+    assert_eq!(mode("tsc_mode=1\n"), TscMode::AlwaysEmulate);
+    assert_eq!(mode("tsc_mode=2\n").xen_mode(), 2);
+    assert_eq!(
+        error("name='a'\ntsc_mode='native_paravirt'\n"),
+        "guest.cfg:2: tsc_mode: TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed"
+    );
+    assert_eq!(
+        error("name='a'\ntsc_mode='fast'\n"),
+        "guest.cfg:2: tsc_mode: invalid value \"fast\" for \"tsc_mode\" (expected default, always_emulate or native)"
+    );
+    // Read by rxl now, so no longer reported as ignored.
+    assert!(config("name='a'\ntsc_mode='native'\n")
+        .ignored_settings()
+        .is_empty());
+}
+
+#[test]
 fn kernel_command_line() {
     let line = |text: &str| config(&format!("name='a'\n{text}")).cmdline;
 

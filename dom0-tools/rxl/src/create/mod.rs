@@ -429,6 +429,10 @@ fn build<X: Xenstore + ?Sized>(
     privcmd
         .set_max_mem(domid, cfg.maxmem_mib * 1024 + MAXMEM_SLACK_KIB)
         .map_err(xen("setting the memory limit"))?;
+    // As libxl (`libxl__arch_domain_create`), also for the default mode.
+    privcmd
+        .set_tsc_mode(domid, cfg.tsc_mode.xen_mode())
+        .map_err(xen("setting the TSC mode"))?;
 
     // Memory: one 4 KiB extent per pfn; Xen writes back each machine frame.
     let t = std::time::Instant::now();

@@ -269,6 +269,10 @@ fn build<X: Xenstore + ?Sized>(
             privcmd
                 .set_max_mem(domid, cfg.maxmem_mib * 1024 + MAXMEM_SLACK_KIB)
                 .map_err(xen("setting the memory limit"))?;
+            // As libxl (`libxl__arch_domain_create`), also for the default mode.
+            privcmd
+                .set_tsc_mode(domid, cfg.tsc_mode.xen_mode())
+                .map_err(xen("setting the TSC mode"))?;
             let store_port = privcmd
                 .evtchn_alloc_unbound(domid, 0)
                 .map_err(xen("allocating the store event channel"))?;

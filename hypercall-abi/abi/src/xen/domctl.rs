@@ -82,6 +82,12 @@ pub const XEN_DOMCTL_SETTIMEOFFSET: u32 = 24;
 pub const XEN_DOMCTL_GETVCPUAFFINITY: u32 = 25;
 /// `XEN_DOMCTL_resumedomain`: resume a suspended domain (no payload).
 pub const XEN_DOMCTL_RESUMEDOMAIN: u32 = 27;
+/// `XEN_DOMCTL_gettscinfo`: a domain's TSC mode and frequency; see
+/// [`XenDomctlTscInfo`].
+pub const XEN_DOMCTL_GETTSCINFO: u32 = 59;
+/// `XEN_DOMCTL_settscinfo`: set a domain's TSC mode (`tsc_mode` in
+/// `xl.cfg`); see [`XenDomctlTscInfo`].
+pub const XEN_DOMCTL_SETTSCINFO: u32 = 60;
 /// `XEN_DOMCTL_gethvmcontext`: an HVM domain's saved state (header,
 /// per-vCPU registers, interrupt controllers, ...) as save records
 /// ([`XenDomctlHvmcontext`]).
@@ -682,6 +688,38 @@ pub struct XenDomctlSettimeoffset {
 }
 const _: () = assert!(size_of::<XenDomctlSettimeoffset>() == 8);
 
+/// TSC modes of [`XenDomctlTscInfo::tsc_mode`] (`arch-x86/cpuid.h`, leaf
+/// 4 of Xen's CPUID range): emulate `rdtsc` only when the TSC is not
+/// reliable (the default).
+pub const XEN_TSC_MODE_DEFAULT: u32 = 0;
+/// Always emulate `rdtsc`.
+pub const XEN_TSC_MODE_ALWAYS_EMULATE: u32 = 1;
+/// Never emulate `rdtsc` (`tsc_mode="native"`).
+pub const XEN_TSC_MODE_NEVER_EMULATE: u32 = 2;
+
+/// `XEN_DOMCTL_{get,set}tscinfo`: a domain's TSC mode (IN/OUT). With
+/// `gtsc_khz`, `incarnation` and `elapsed_nsec` zero, set keeps the
+/// host's frequency and a new domain's defaults, as libxl does.
+#[doc(alias = "xen_domctl_tsc_info")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XenDomctlTscInfo {
+    /// `XEN_TSC_MODE_*`.
+    pub tsc_mode: u32,
+    /// The guest's TSC frequency in kHz (0: the host's).
+    pub gtsc_khz: u32,
+    /// Times the domain was migrated or restored.
+    pub incarnation: u32,
+    /// Padding.
+    pub pad: u32,
+    /// Nanoseconds the domain has run (restore only).
+    pub elapsed_nsec: u64,
+}
+const _: () = assert!(size_of::<XenDomctlTscInfo>() == 24);
+const _: () = assert!(core::mem::offset_of!(XenDomctlTscInfo, elapsed_nsec) == 16);
+
 /// `XEN_DOMCTL_{get,set}hvmcontext`: a buffer of HVM save records
 /// (`xen/hvm/save.h`).
 #[doc(alias = "xen_domctl_hvmcontext")]
@@ -917,6 +955,21 @@ impl XenDomctl {
             time_offset_seconds: seconds,
         };
         Self::with_payload(XEN_DOMCTL_SETTIMEOFFSET, domain, &arg)
+    }
+
+    /// `XEN_DOMCTL_settscinfo`: put `domain` in TSC mode `tsc_mode`
+    /// (`XEN_TSC_MODE_*`), with the host's frequency.
+    pub fn settscinfo(domain: DomId, tsc_mode: u32) -> Self {
+        let arg = XenDomctlTscInfo {
+            tsc_mode,
+            ..Default::default()
+        };
+        Self::with_payload(XEN_DOMCTL_SETTSCINFO, domain, &arg)
+    }
+
+    /// `XEN_DOMCTL_gettscinfo` for `domain`.
+    pub fn gettscinfo(domain: DomId) -> Self {
+        Self::with_payload(XEN_DOMCTL_GETTSCINFO, domain, &XenDomctlTscInfo::default())
     }
 
     /// `XEN_DOMCTL_set_paging_mempool_size`: give `domain` `bytes` of

@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::config::disk::{Access, BackendType};
-use crate::config::{Action, DomainConfig, DomainType};
+use crate::config::{Action, DomainConfig, DomainType, TscMode};
 use super::devices::NicPlan;
 use crate::host::Uuid;
 
@@ -120,6 +120,10 @@ fn domain_config(cfg: &DomainConfig, stage: Stage, uuid: &Uuid, nics: &[StoredNi
         "avail_vcpus".into(),
         Value::Array((0..cfg.vcpus).map(|i| json!(i)).collect()),
     );
+    // libxl's JSON leaves out fields at their default.
+    if cfg.tsc_mode != TscMode::Default {
+        b.insert("tsc_mode".into(), json!(cfg.tsc_mode.name()));
+    }
     b.insert("max_memkb".into(), json!(cfg.maxmem_mib * 1024));
     b.insert("target_memkb".into(), json!(cfg.memory_mib * 1024));
     if created {
@@ -282,6 +286,27 @@ mod tests {
             let got = parsed(&cfg, &Uuid(uuid.0));
             assert_eq!(crate::commands::format::libxl_json(&got), want);
         }
+    }
+
+    /// xl lists `tsc_mode` after `avail_vcpus`, and only when it is not
+    /// the default (checked against xl on the test host by the rxl suite).
+    #[test]
+    fn tsc_mode_follows_the_vcpus_unless_default() {
+        let uuid = Uuid([7; 16]);
+        let json = |extra: &str| {
+            let text = format!("name = \"g\"\nkernel = \"/k\"\n{extra}");
+            let cfg = DomainConfig::parse(Source::File("t.cfg".into()), &text, &[] as &[&str]).unwrap();
+            crate::commands::format::libxl_json(&parsed(&cfg, &uuid))
+        };
+        let emulated = json("tsc_mode = \"always_emulate\"\n");
+        let (vcpus, tsc, mem) = (
+            emulated.find("\"avail_vcpus\"").unwrap(),
+            emulated.find("\"tsc_mode\": \"always_emulate\"").unwrap(),
+            emulated.find("\"max_memkb\"").unwrap(),
+        );
+        assert!(vcpus < tsc && tsc < mem, "{emulated}");
+        assert!(!json("tsc_mode = \"default\"\n").contains("tsc_mode"));
+        assert!(!json("").contains("tsc_mode"));
     }
 
     #[test]
