@@ -38,7 +38,7 @@ use hypercall_abi::xen::sysctl::{
     XEN_SYSCTL_INTERFACE_VERSION, XEN_SYSCTL_PHYSINFO, XEN_SYSCTL_READCONSOLE, XEN_SYSCTL_SCHED_ID,
 };
 use hypercall_abi::xen::domctl::{
-    XenDomctlHvmcontext, XenDomctlTscInfo, XEN_DOMCTL_GETHVMCONTEXT, XEN_DOMCTL_GETTSCINFO, XEN_DOMCTL_SETHVMCONTEXT,
+    XenDomctlHvmcontext, XEN_DOMCTL_GETHVMCONTEXT, XEN_DOMCTL_GETTSCINFO, XEN_DOMCTL_SETHVMCONTEXT,
     XEN_DOMCTL_SETTSCINFO,
 };
 use hypercall_abi::xen::hvm::{XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
@@ -906,12 +906,6 @@ impl Privcmd {
     pub fn set_tsc_mode(&self, dom: DomId, tsc_mode: u32) -> Result<(), PrivcmdError> {
         check_domid(dom)?;
         self.plain_domctl(&XenDomctl::settscinfo(dom, tsc_mode)).map(drop)
-    }
-
-    /// Domain `dom`'s TSC mode (`XEN_DOMCTL_gettscinfo`).
-    pub fn tsc_mode(&self, dom: DomId) -> Result<u32, PrivcmdError> {
-        check_domid(dom)?;
-        Ok(self.plain_domctl(&XenDomctl::gettscinfo(dom))?.payload::<XenDomctlTscInfo>().tsc_mode)
     }
 
     /// Shifts domain `dom`'s wallclock by `seconds`

@@ -967,11 +967,6 @@ impl XenDomctl {
         Self::with_payload(XEN_DOMCTL_SETTSCINFO, domain, &arg)
     }
 
-    /// `XEN_DOMCTL_gettscinfo` for `domain`.
-    pub fn gettscinfo(domain: DomId) -> Self {
-        Self::with_payload(XEN_DOMCTL_GETTSCINFO, domain, &XenDomctlTscInfo::default())
-    }
-
     /// `XEN_DOMCTL_set_paging_mempool_size`: give `domain` `bytes` of
     /// HAP/shadow page table memory.
     pub fn set_paging_mempool_size(domain: DomId, bytes: u64) -> Self {
