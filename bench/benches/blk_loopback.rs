@@ -16,6 +16,16 @@
 //! than one request in flight use [`BlockFrontend::read_many`] and
 //! [`BlockFrontend::write_many`]; the direct baseline does the same work
 //! from one thread, one call per request.
+//!
+//! Every row runs twice through the frontend: with the copying calls
+//! (the caller's buffers; data copied into and out of the granted pages)
+//! and in place ([`BlockFrontend::read_in_place`],
+//! [`BlockFrontend::write_in_place`]: the caller reads a read's data in
+//! the granted pages, and produces a write's there). In place, each part
+//! read is looked at (its first 8 bytes) and each part written is stamped
+//! with its offset in its first 8 bytes, the rest being what the pages
+//! hold; the direct baseline writes from and reads into buffers that are
+//! ready, so both move each byte once.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -58,6 +68,9 @@ const POLL_ENV: &str = "RXEN_BLK_BENCH_POLL_US";
 const DEFAULT_POLL_US: u64 = 50;
 /// Runs only the row of this index (0-based), e.g. for profiling.
 const ONLY_ENV: &str = "RXEN_BLK_BENCH_ONLY";
+/// Runs only this API through the frontend (`copy` or `in-place`), e.g.
+/// for profiling.
+const API_ENV: &str = "RXEN_BLK_BENCH_API";
 /// How long each measurement runs.
 const PHASE_TIME: Duration = Duration::from_millis(1500);
 /// How many times the rows run, interleaved.
@@ -94,6 +107,26 @@ struct Row {
     depth: usize,
     /// The frontend's rate over the direct one that the row aims for.
     goal: f64,
+}
+
+/// How a row calls the frontend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `read`/`write`, `read_many`/`write_many`: the caller's buffers.
+    Copy,
+    /// `read_in_place`/`write_in_place`: the granted pages.
+    InPlace,
+}
+
+impl Api {
+    const ALL: [Api; 2] = [Api::Copy, Api::InPlace];
+
+    fn name(self) -> &'static str {
+        match self {
+            Api::Copy => "copy",
+            Api::InPlace => "in place",
+        }
+    }
 }
 
 const ROWS: [Row; 6] = [
@@ -260,16 +293,23 @@ fn frontend() -> Result<(), Error> {
     );
     let only: Option<usize> = std::env::var(ONLY_ENV).ok().and_then(|i| i.parse().ok());
     let load_before = load_average();
-    let mut best = vec![(0.0f64, 0.0f64); ROWS.len()];
+    // Per row: the best of each API through the frontend, and direct.
+    let mut best = vec![([0.0f64; Api::ALL.len()], 0.0f64); ROWS.len()];
     let mut work = Work::new();
     for _ in 0..ROUNDS {
         for (i, (row, best)) in ROWS.iter().zip(&mut best).enumerate() {
             if only.is_some_and(|only| only != i) {
                 continue;
             }
-            let front = work.run(row, phase, &mut Target::Front(&mut dev))?;
+            for (api, front_best) in Api::ALL.iter().zip(&mut best.0) {
+                if std::env::var(API_ENV).is_ok_and(|only| only != api.name().replace(' ', "-")) {
+                    continue;
+                }
+                let front = work.run(row, phase, &mut Target::Front(&mut dev, *api))?;
+                *front_best = front_best.max(front);
+            }
             let direct = work.run(row, phase, &mut Target::Direct(&file))?;
-            *best = (best.0.max(front), best.1.max(direct));
+            best.1 = best.1.max(direct);
         }
     }
     let load_after = load_average();
@@ -277,26 +317,29 @@ fn frontend() -> Result<(), Error> {
     dev.disconnect()?;
 
     println!(
-        "{:<18} {:>9} {:>12} {:>12} {:>6} {:>7} {:>5} {:>8}",
-        "mode", "in flight", "rblkfront", "direct", "unit", "ratio", "goal", "goal met"
+        "{:<18} {:>9} {:>9} {:>12} {:>12} {:>6} {:>7} {:>5} {:>8}",
+        "mode", "in flight", "api", "rblkfront", "direct", "unit", "ratio", "goal", "goal met"
     );
-    for (row, &(front, direct)) in ROWS.iter().zip(&best) {
+    for (row, (fronts, direct)) in ROWS.iter().zip(&best) {
         let (unit, scale) = match row.pattern {
             Pattern::Sequential => ("MB/s", row.size as f64 / 1e6),
             Pattern::Random => ("IOPS", 1.0),
         };
-        let ratio = front / direct;
-        println!(
-            "{:<18} {:>9} {:>12.0} {:>12.0} {:>6} {:>7.2} {:>5.2} {:>8}",
-            row.name,
-            row.depth,
-            front * scale,
-            direct * scale,
-            unit,
-            ratio,
-            row.goal,
-            if ratio >= row.goal { "yes" } else { "no" }
-        );
+        for (api, front) in Api::ALL.iter().zip(fronts) {
+            let ratio = front / direct;
+            println!(
+                "{:<18} {:>9} {:>9} {:>12.0} {:>12.0} {:>6} {:>7.2} {:>5.2} {:>8}",
+                row.name,
+                row.depth,
+                api.name(),
+                front * scale,
+                direct * scale,
+                unit,
+                ratio,
+                row.goal,
+                if ratio >= row.goal { "yes" } else { "no" }
+            );
+        }
     }
     println!(
         "rblkfront: {} reads, {} writes, {} indirect, at most {} in flight, {} errors",
@@ -326,7 +369,7 @@ fn fill(path: &Path) -> Result<(), Error> {
 
 /// Where a row's I/O goes.
 enum Target<'a> {
-    Front(&'a mut Front),
+    Front(&'a mut Front, Api),
     Direct(&'a File),
 }
 
@@ -370,7 +413,21 @@ impl Work {
             }
             let buffers = self.buffers.iter_mut().map(|b| &mut b[..row.size]);
             match (&mut *target, row.op) {
-                (Target::Front(dev), Op::Read) => {
+                (Target::Front(dev, Api::InPlace), op) => {
+                    let reqs: Vec<(u64, usize)> = offsets.iter().map(|o| (o / 512, row.size)).collect();
+                    if op == Op::Read {
+                        dev.read_in_place(&reqs, |_, _, pages| {
+                            std::hint::black_box(pages.read_obj::<u64>(0).map_err(std::io::Error::other)?);
+                            Ok(())
+                        })?;
+                    } else {
+                        dev.write_in_place(&reqs, |index, offset, pages| {
+                            let at = offsets[index] + offset as u64;
+                            pages.write_obj(0, &at).map_err(std::io::Error::other)
+                        })?;
+                    }
+                }
+                (Target::Front(dev, Api::Copy), Op::Read) => {
                     let mut reqs: Vec<(u64, &mut [u8])> =
                         offsets.iter().map(|o| o / 512).zip(buffers).collect();
                     if let [(sector, buf)] = reqs.as_mut_slice() {
@@ -379,7 +436,7 @@ impl Work {
                         dev.read_many(&mut reqs)?;
                     }
                 }
-                (Target::Front(dev), Op::Write) => {
+                (Target::Front(dev, Api::Copy), Op::Write) => {
                     let reqs: Vec<(u64, &[u8])> = offsets
                         .iter()
                         .map(|o| o / 512)

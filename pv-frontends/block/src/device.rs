@@ -6,6 +6,9 @@
 //! [`BlockFrontend::write_many`] carry a batch of independent transfers
 //! (e.g. 32 random 4 KiB reads) with as many in flight at once as the
 //! rings hold, as a queue of depth N would.
+//! [`BlockFrontend::read_in_place`] and [`BlockFrontend::write_in_place`]
+//! carry a batch the same way without copying: the caller reads a read's
+//! data, and writes a write's, in the frontend's granted pages themselves.
 //!
 //! A read or write is split into requests of at most
 //! [`BlockFrontend::max_request_bytes`] (one page per segment, 11 segments
@@ -148,16 +151,38 @@ impl<Sh: SharedGrants> Connection<Sh> {
     }
 }
 
+/// Where the data of one read or write call comes from and goes to: the
+/// call's requests, and what is done with the granted pages of each part
+/// of one (a blkif request carries at most
+/// [`BlockFrontend::max_request_bytes`] of it).
+trait CallData {
+    /// Whether the call writes (else it reads).
+    fn writes(&self) -> bool;
+    /// Requests in the call.
+    fn count(&self) -> usize;
+    /// The first sector and length in bytes of request `index`.
+    fn request(&self, index: usize) -> Option<(u64, usize)>;
+    /// A write: puts the bytes of request `index` from `offset` into
+    /// `pages` (as many as it holds) before the part is sent.
+    fn fill(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error>;
+    /// A read: takes the bytes of request `index` from `offset`, which
+    /// the backend read into `pages` (as many as it holds).
+    fn take(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error>;
+}
+
 /// The caller's buffers of one read or write call: a `(sector, bytes)`
 /// pair per request, one for [`BlockFrontend::read`] and
-/// [`BlockFrontend::write`], any number for a batch.
+/// [`BlockFrontend::write`], any number for a batch; the data is copied.
 enum Buffers<'a, 'b> {
     Read(&'a mut [(u64, &'b mut [u8])]),
     Write(&'a [(u64, &'b [u8])]),
 }
 
-impl Buffers<'_, '_> {
-    /// Requests in the call.
+impl CallData for Buffers<'_, '_> {
+    fn writes(&self) -> bool {
+        matches!(self, Buffers::Write(_))
+    }
+
     fn count(&self) -> usize {
         match self {
             Buffers::Read(r) => r.len(),
@@ -165,7 +190,6 @@ impl Buffers<'_, '_> {
         }
     }
 
-    /// The first sector and length in bytes of request `index`.
     fn request(&self, index: usize) -> Option<(u64, usize)> {
         match self {
             Buffers::Read(r) => r.get(index).map(|(sector, buf)| (*sector, buf.len())),
@@ -173,22 +197,55 @@ impl Buffers<'_, '_> {
         }
     }
 
-    /// `len` bytes from `offset` of write request `index`; `None` for a
-    /// read.
-    fn write_chunk(&self, index: usize, offset: usize, len: usize) -> Option<&[u8]> {
-        match self {
+    fn fill(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error> {
+        let chunk = match self {
+            Buffers::Write(w) => w.get(index).and_then(|(_, buf)| buf.get(offset..offset + pages.len())),
             Buffers::Read(_) => None,
-            Buffers::Write(w) => w.get(index)?.1.get(offset..offset + len),
-        }
+        };
+        pages.write(0, chunk.ok_or(Error::Bug("write chunk outside the buffer"))?)?;
+        Ok(())
     }
 
-    /// `len` bytes from `offset` of read request `index`; `None` for a
-    /// write.
-    fn read_chunk(&mut self, index: usize, offset: usize, len: usize) -> Option<&mut [u8]> {
-        match self {
-            Buffers::Read(r) => r.get_mut(index)?.1.get_mut(offset..offset + len),
+    fn take(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error> {
+        let chunk = match self {
+            Buffers::Read(r) => r.get_mut(index).and_then(|(_, buf)| buf.get_mut(offset..offset + pages.len())),
             Buffers::Write(_) => None,
-        }
+        };
+        pages.read(0, chunk.ok_or(Error::Bug("a read without its buffer"))?)?;
+        Ok(())
+    }
+}
+
+/// The requests of an in-place call, `(sector, length)` each, and the
+/// caller's function that fills or takes each part's pages.
+struct InPlace<'a, F> {
+    writes: bool,
+    requests: &'a [(u64, usize)],
+    data: F,
+}
+
+impl<F> CallData for InPlace<'_, F>
+where
+    F: FnMut(usize, usize, &SharedMemory<'_>) -> std::io::Result<()>,
+{
+    fn writes(&self) -> bool {
+        self.writes
+    }
+
+    fn count(&self) -> usize {
+        self.requests.len()
+    }
+
+    fn request(&self, index: usize) -> Option<(u64, usize)> {
+        self.requests.get(index).copied()
+    }
+
+    fn fill(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error> {
+        (self.data)(index, offset, pages).map_err(Error::Data)
+    }
+
+    fn take(&mut self, index: usize, offset: usize, pages: &SharedMemory<'_>) -> Result<(), Error> {
+        (self.data)(index, offset, pages).map_err(Error::Data)
     }
 }
 
@@ -544,14 +601,14 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.check_usable()?;
         self.check_range(sector, buf.len() as u64, false)?;
-        self.run(Buffers::Read(&mut [(sector, buf)]))?.into_single()
+        self.run(&mut Buffers::Read(&mut [(sector, buf)]))?.into_single()
     }
 
     /// Writes `buf` at 512-byte sector `sector`.
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Error> {
         self.check_usable()?;
         self.check_range(sector, buf.len() as u64, true)?;
-        self.run(Buffers::Write(&[(sector, buf)]))?.into_single()
+        self.run(&mut Buffers::Write(&[(sector, buf)]))?.into_single()
     }
 
     /// Reads a batch of independent requests, each `(sector, buffer)`
@@ -578,7 +635,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         for (index, (sector, buf)) in requests.iter().enumerate() {
             self.check_range(*sector, buf.len() as u64, false).map_err(|e| Error::batch(index, e))?;
         }
-        self.run(Buffers::Read(requests))?.into_batch()
+        self.run(&mut Buffers::Read(requests))?.into_batch()
     }
 
     /// Writes a batch of independent requests, each `(sector, data)` as
@@ -596,7 +653,59 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         for (index, (sector, buf)) in requests.iter().enumerate() {
             self.check_range(*sector, buf.len() as u64, true).map_err(|e| Error::batch(index, e))?;
         }
-        self.run(Buffers::Write(requests))?.into_batch()
+        self.run(&mut Buffers::Write(requests))?.into_batch()
+    }
+
+    /// Reads a batch of independent requests, each `(sector, length)`,
+    /// as [`read_many`](Self::read_many) does, but without copying: the
+    /// data stays in the frontend's granted pages, and
+    /// `data(index, offset, pages)` is called with them once per part of
+    /// request `index` as it completes, `pages` holding the request's
+    /// bytes from `offset` on (a request longer than
+    /// [`max_request_bytes`](Self::max_request_bytes) comes in several
+    /// parts, in any order). The pages are the frontend's again when
+    /// `data` returns: it reads what it needs through [`SharedMemory`]
+    /// (or hands the memory to a system call) meanwhile.
+    ///
+    /// An error returned by `data` fails that request with
+    /// [`Error::Data`]; errors are otherwise reported as for
+    /// [`read_many`](Self::read_many). `data` is not called for a part
+    /// the backend failed.
+    pub fn read_in_place<F>(&mut self, requests: &[(u64, usize)], data: F) -> Result<(), Error>
+    where
+        F: FnMut(usize, usize, &SharedMemory<'_>) -> std::io::Result<()>,
+    {
+        self.in_place(false, requests, data)
+    }
+
+    /// Writes a batch of independent requests, each `(sector, length)`,
+    /// as [`write_many`](Self::write_many) does, but without copying:
+    /// `data(index, offset, pages)` writes the bytes of request `index`
+    /// from `offset` on into the frontend's granted `pages` (all of
+    /// them), just before that part is sent. Parts of one request are
+    /// filled in order of their offsets; a request longer than
+    /// [`max_request_bytes`](Self::max_request_bytes) comes in several.
+    ///
+    /// An error returned by `data` fails that request with
+    /// [`Error::Data`] (the part is not sent) and nothing more is sent;
+    /// errors are otherwise reported as for
+    /// [`write_many`](Self::write_many).
+    pub fn write_in_place<F>(&mut self, requests: &[(u64, usize)], data: F) -> Result<(), Error>
+    where
+        F: FnMut(usize, usize, &SharedMemory<'_>) -> std::io::Result<()>,
+    {
+        self.in_place(true, requests, data)
+    }
+
+    fn in_place<F>(&mut self, writes: bool, requests: &[(u64, usize)], data: F) -> Result<(), Error>
+    where
+        F: FnMut(usize, usize, &SharedMemory<'_>) -> std::io::Result<()>,
+    {
+        self.check_usable()?;
+        for (index, &(sector, len)) in requests.iter().enumerate() {
+            self.check_range(sector, len as u64, writes).map_err(|e| Error::batch(index, e))?;
+        }
+        self.run(&mut InPlace { writes, requests, data })?.into_batch()
     }
 
     /// Makes completed writes durable: `BLKIF_OP_FLUSH_DISKCACHE`, or
@@ -703,7 +812,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     /// were checked: submits them in order while the rings have room, and
     /// waits for responses until all are answered. Fails with an error
     /// of the device; the failures of requests are handed back.
-    fn run(&mut self, mut bufs: Buffers<'_, '_>) -> Result<Failures, Error> {
+    fn run(&mut self, bufs: &mut impl CallData) -> Result<Failures, Error> {
         let count = bufs.count();
         // The next bytes to send: request, and offset in it.
         let (mut next, mut offset) = (0, 0);
@@ -717,7 +826,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                         (next, offset) = (next + 1, 0);
                         continue;
                     }
-                    match self.submit(sector, &bufs, next, offset) {
+                    match self.submit(sector, bufs, next, offset) {
                         Ok(Some(sent)) => {
                             offset += sent;
                             // Publish every PUSH_BYTES or so while the
@@ -752,7 +861,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
                 if idle && (next >= count || failures.any()) {
                     return Ok(());
                 }
-                self.wait(&mut bufs, &mut failures)?;
+                self.wait(bufs, &mut failures)?;
             }
         })();
         self.settle(result)?;
@@ -780,7 +889,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     fn submit(
         &mut self,
         sector: u64,
-        bufs: &Buffers<'_, '_>,
+        bufs: &mut impl CallData,
         index: usize,
         offset: usize,
     ) -> Result<Option<usize>, Error> {
@@ -804,9 +913,10 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         let nr_segments = len.div_ceil(PAGE_SIZE);
         let indirect = nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST;
         let nr_indirect = if indirect { BlkifRequestIndirect::nr_indirect_pages(nr_segments) } else { 0 };
-        let (op, kind) = match bufs {
-            Buffers::Read(_) => (BLKIF_OP_READ, Kind::Read { offset, len }),
-            Buffers::Write(_) => (BLKIF_OP_WRITE, Kind::Write),
+        let (op, kind) = if bufs.writes() {
+            (BLKIF_OP_WRITE, Kind::Write)
+        } else {
+            (BLKIF_OP_READ, Kind::Read { offset, len })
         };
         // Data pages first, then the indirect pages: in the slot's
         // persistent buffer, or granted for this request (read-only to the
@@ -825,14 +935,13 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         let first_sector = sector + (offset / BLKIF_SECTOR_SIZE) as u64;
         let nr_sectors = (len / BLKIF_SECTOR_SIZE) as u64;
         let layout = Layout { id: reservation.id, op, handle, sector: first_sector, len, indirect_base };
-        let data = match op {
-            BLKIF_OP_WRITE => {
-                Some(bufs.write_chunk(index, offset, len).ok_or(Error::Bug("write chunk outside the buffer"))?)
-            }
-            _ => None,
-        };
         let built = match queue.data_pages(reservation.slot, &pages) {
-            Some((memory, refs)) => build_request(&memory, refs, data, &layout),
+            Some((memory, refs)) => (|| {
+                if op == BLKIF_OP_WRITE {
+                    bufs.fill(index, offset, &memory.subregion(0, len)?)?;
+                }
+                build_request(&memory, refs, &layout)
+            })(),
             None => Err(Error::Bug("a request without its data pages")),
         };
         let request = match built {
@@ -863,7 +972,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     }
 
     /// Waits until every request in flight is answered.
-    fn drain(&mut self, bufs: &mut Buffers<'_, '_>, failures: &mut Failures) -> Result<(), Error> {
+    fn drain(&mut self, bufs: &mut impl CallData, failures: &mut Failures) -> Result<(), Error> {
         while self.conn.as_ref().is_some_and(|c| c.in_flight() > 0) {
             self.wait(bufs, failures)?;
         }
@@ -872,7 +981,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
 
     /// Completes every response waiting; if there was none, sleeps until
     /// the backend sends an event (or changes state, or times out).
-    fn wait(&mut self, bufs: &mut Buffers<'_, '_>, failures: &mut Failures) -> Result<(), Error> {
+    fn wait(&mut self, bufs: &mut impl CallData, failures: &mut Failures) -> Result<(), Error> {
         let deadline = Instant::now() + self.cfg.timeout;
         loop {
             let Some(conn) = self.conn.as_mut() else {
@@ -983,20 +1092,12 @@ struct Layout {
     indirect_base: usize,
 }
 
-/// Copies a write's `data` into the request's pages (`memory`, granted
-/// as `refs`) and builds the request: one full page per segment, the
-/// last one partial; direct with up to 11 segments, else indirect with
-/// the segments in the indirect pages.
-fn build_request(
-    memory: &SharedMemory<'_>,
-    refs: &[GrantRef],
-    data: Option<&[u8]>,
-    layout: &Layout,
-) -> Result<BlkifRequest, Error> {
+/// Builds the request for the data in the request's pages (`memory`,
+/// granted as `refs`): one full page per segment, the last one partial;
+/// direct with up to 11 segments, else indirect with the segments in the
+/// indirect pages.
+fn build_request(memory: &SharedMemory<'_>, refs: &[GrantRef], layout: &Layout) -> Result<BlkifRequest, Error> {
     let &Layout { id, op, handle, sector, len, indirect_base } = layout;
-    if let Some(chunk) = data {
-        memory.write(0, chunk)?;
-    }
     let nr_segments = len.div_ceil(PAGE_SIZE);
     if refs.len() < nr_segments {
         return Err(Error::Bug("fewer data pages than segments"));
@@ -1040,9 +1141,6 @@ fn build_request(
     }))
 }
 
-/// Finishes one answered request: copies a read's data out, releases
-/// non-persistent pages (which the backend must have unmapped), and turns
-/// a failure status into an error.
 /// Busy-polls the rings of `queues` with requests in flight for up to
 /// `poll`: true as soon as one has a response. Unlike the final check
 /// before sleeping it leaves `rsp_event` alone, so the backend does not
@@ -1066,11 +1164,14 @@ fn poll_responses<Sh: SharedGrants>(queues: &mut [Queue<Sh>], poll: Duration) ->
     }
 }
 
+/// Finishes one answered request: hands a read's data to `bufs`, releases
+/// non-persistent pages (which the backend must have unmapped), and turns
+/// a failure status into an error.
 fn complete<G: GrantShare>(
     grants: &G,
     queue: &Queue<G::Shared>,
     done: Completion<InFlight<G::Shared>>,
-    bufs: &mut Buffers<'_, '_>,
+    bufs: &mut impl CallData,
     stats: &mut Stats,
     flush_op: &mut Option<u8>,
     discard: &mut bool,
@@ -1079,9 +1180,11 @@ fn complete<G: GrantShare>(
     let InFlight { kind, request, sector, nr_sectors, pages } = payload;
     let mut copied = Ok(());
     if let (Kind::Read { offset, len }, BlkifStatus::Okay) = (kind, status) {
-        copied = match (queue.data_pages(slot, &pages), bufs.read_chunk(request, offset, len)) {
-            (Some((memory, _)), Some(dst)) => memory.read(0, dst).map_err(Error::from),
-            _ => Err(Error::Bug("a read without its data pages or buffer")),
+        copied = match queue.data_pages(slot, &pages) {
+            Some((memory, _)) => {
+                memory.subregion(0, len).map_err(Error::from).and_then(|part| bufs.take(request, offset, &part))
+            }
+            None => Err(Error::Bug("a read without its data pages")),
         };
     }
     if let Pages::Fresh(shared) = pages {

@@ -167,6 +167,11 @@ pub enum Error {
         /// Logical sector size.
         sector_size: u32,
     },
+    /// The caller's function of an in-place call
+    /// ([`read_in_place`](crate::BlockFrontend::read_in_place),
+    /// [`write_in_place`](crate::BlockFrontend::write_in_place)) failed.
+    #[error("the caller's data function failed: {0}")]
+    Data(#[source] std::io::Error),
     /// An internal inconsistency of this crate; please report it.
     #[error("internal error: {0}")]
     Bug(&'static str),

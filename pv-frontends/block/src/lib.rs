@@ -23,7 +23,7 @@
 //! | [`stats`] | request counters |
 //! | [`check`] | the `rblkfront check` pattern test |
 //! | [`nbd`] | `rblkfront nbd`: the NBD transmission protocol served from the device |
-//! | [`sys`] | the NBD driver's ioctls (the crate's only `unsafe`) |
+//! | [`sys`] | the NBD driver's ioctls, and reads from a socket into granted pages (the crate's only `unsafe`) |
 //! | [`platform`] | the platforms the binary runs on |
 //!
 //! ```no_run

@@ -9,12 +9,17 @@
 //! Requests come from the kernel, but are still checked: an unknown
 //! command or a range off the disk is answered with an error, and a
 //! request whose payload could not be skipped ends the session.
+//!
+//! A write's payload is read from the socket straight into the granted
+//! pages that carry it to the backend
+//! ([`BlockFrontend::write_in_place`]), with no copy in between.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 
 use hypercall_abi::platform::{EventChannels, GrantShare, Xenstore};
 
-use crate::{BlockFrontend, Error};
+use crate::{sys, BlockFrontend, Error};
 
 /// `NBD_REQUEST_MAGIC`.
 pub const NBD_REQUEST_MAGIC: u32 = 0x2560_9513;
@@ -99,9 +104,12 @@ fn reply(sock: &mut impl Write, cookie: u64, error: u32, data: &[u8]) -> io::Res
 }
 
 /// The NBD error for a failed device call; device failures that end the
-/// session are returned as `Err`.
+/// session, and a socket that failed while a write's payload was read,
+/// are returned as `Err`.
 fn nbd_error(e: Error) -> Result<u32, NbdError> {
     match e {
+        Error::Batch { source, .. } => nbd_error(*source),
+        Error::Data(e) => Err(NbdError::Io(e)),
         Error::ReadOnly => Ok(NBD_EPERM),
         Error::Unsupported(_) => Ok(NBD_ENOTSUP),
         Error::OutOfRange { .. } => Ok(NBD_ENOSPC),
@@ -115,7 +123,7 @@ fn nbd_error(e: Error) -> Result<u32, NbdError> {
 /// disconnects (`NBD_CMD_DISC` or end of stream).
 pub fn serve<G: GrantShare, E: EventChannels, S: Xenstore>(
     dev: &mut BlockFrontend<G, E, S>,
-    sock: &mut (impl Read + Write),
+    sock: &mut (impl Read + Write + AsFd),
 ) -> Result<(), NbdError> {
     let mut buf = Vec::new();
     while let Some(request) = read_request(sock)? {
@@ -133,13 +141,23 @@ pub fn serve<G: GrantShare, E: EventChannels, S: Xenstore>(
                 dev.read(sector, &mut buf)
             }
             NBD_CMD_WRITE => {
-                buf.resize(len, 0);
-                sock.read_exact(&mut buf)?;
-                if aligned {
-                    dev.write(sector, &buf)
+                // The payload goes from the socket into the granted pages,
+                // part by part in order; what was not taken (a refused
+                // range, a part that failed) is skipped after.
+                let mut received = 0;
+                let result = if aligned {
+                    dev.write_in_place(&[(sector, len)], |_, _, pages| {
+                        sys::read_exact_into(sock.as_fd(), pages)?;
+                        received += pages.len();
+                        Ok(())
+                    })
                 } else {
                     Err(Error::Misaligned { offset, len, sector_size: 512 })
+                };
+                if !matches!(result, Err(Error::Batch { ref source, .. }) if matches!(**source, Error::Data(_))) {
+                    skip(sock, len - received, &mut buf)?;
                 }
+                result
             }
             NBD_CMD_FLUSH => dev.flush(),
             NBD_CMD_TRIM if aligned => dev.discard(sector, u64::from(length) / 512),
@@ -155,6 +173,18 @@ pub fn serve<G: GrantShare, E: EventChannels, S: Xenstore>(
         };
         let data = if command == NBD_CMD_READ { buf.as_slice() } else { &[] };
         reply(sock, cookie, error, data)?;
+    }
+    Ok(())
+}
+
+/// Reads and drops `len` bytes of payload.
+fn skip(sock: &mut impl Read, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(len.min(64 << 10), 0);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        sock.read_exact(&mut buf[..n])?;
+        left -= n;
     }
     Ok(())
 }

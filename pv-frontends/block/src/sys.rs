@@ -1,11 +1,45 @@
 //! The crate's only `unsafe` code: the ioctls of Linux's NBD driver
 //! (`include/uapi/linux/nbd.h`), all of which take an integer argument by
-//! value and access no memory of ours.
+//! value and access no memory of ours, and a `read(2)` straight into
+//! granted pages.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
+
+use hypercall_abi::platform::SharedMemory;
+
+/// Reads exactly `pages.len()` bytes from `fd` into `pages`, as
+/// `read_exact` does, with no copy on the way: the kernel writes them
+/// into the shared pages itself.
+pub fn read_exact_into(fd: BorrowedFd<'_>, pages: &SharedMemory<'_>) -> io::Result<()> {
+    if !pages.is_writable() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the pages are read-only"));
+    }
+    let mut done = 0;
+    while done < pages.len() {
+        // SAFETY: a SharedMemory is `len()` bytes mapped for its lifetime,
+        // writable as just checked, and `done < len()`: the kernel writes
+        // at most `len() - done` bytes from `as_ptr() + done`, inside it.
+        // No Rust reference into the pages exists (they are only reached
+        // through SharedMemory's volatile accesses), so a write by the
+        // kernel, or by the peer sharing them, breaks no aliasing rule.
+        let n = unsafe { libc::read(fd.as_raw_fd(), pages.as_ptr().add(done).cast(), pages.len() - done) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // 0 < n <= len() - done: a usize.
+            n => done += n.unsigned_abs(),
+        }
+    }
+    Ok(())
+}
 
 /// `#define NBD_SET_SOCK _IO( 0xab, 0 )`
 const NBD_SET_SOCK: libc::c_ulong = 0xab00;

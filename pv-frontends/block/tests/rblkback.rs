@@ -441,6 +441,13 @@ fn nbd_requests_are_served_from_the_device() {
         assert_eq!(reply(&mut client, 5, 1024).0, 28, "ENOSPC past the end");
         client.write_all(&request_header(NBD_CMD_READ, 6, 100, 512)).unwrap();
         assert_eq!(reply(&mut client, 6, 512).0, 22, "EINVAL when misaligned");
+        // Refused writes: their payload is skipped, and the session goes on.
+        client.write_all(&request_header(NBD_CMD_WRITE, 10, 100, 4096)).unwrap();
+        client.write_all(&[0xee; 4096]).unwrap();
+        assert_eq!(reply(&mut client, 10, 0).0, 22, "EINVAL for a misaligned write");
+        client.write_all(&request_header(NBD_CMD_WRITE, 11, (8 << 20) - 4096, 8192)).unwrap();
+        client.write_all(&[0xee; 8192]).unwrap();
+        assert_eq!(reply(&mut client, 11, 0).0, 28, "ENOSPC for a write past the end");
         client.write_all(&request_header(9, 7, 0, 0)).unwrap();
         assert_eq!(reply(&mut client, 7, 0).0, 95, "ENOTSUP for an unknown command");
         client.write_all(&request_header(NBD_CMD_DISC, 8, 0, 0)).unwrap();
@@ -453,6 +460,11 @@ fn nbd_requests_are_served_from_the_device() {
     assert!(on_disk[..8192].iter().all(|&b| b == 0), "trimmed");
     on_disk[..8192].copy_from_slice(&expected[..8192]);
     assert!(on_disk == expected);
+    // The refused writes wrote nothing: the file's first and last pages
+    // hold what it was made with.
+    let initial = |at: usize, len: usize| (at..at + len).map(|i| (i / 512) as u8 ^ 0x5a).collect::<Vec<u8>>();
+    assert!(rig.file(0, 8192) == initial(0, 8192));
+    assert!(rig.file((8 << 20) - 4096, 4096) == initial((8 << 20) - 4096, 4096));
     dev.disconnect().unwrap();
 }
 
@@ -585,5 +597,116 @@ fn a_batch_the_backend_fails_names_its_first_failed_request() {
     dev.read_many(&mut [(8, &mut back)]).unwrap();
     assert!(back == before[8 * 512..8 * 512 + 4096]);
     assert!(rig.file(0, 8 << 20) == before);
+    dev.disconnect().unwrap();
+}
+
+/// In-place writes and reads of mixed sizes, some longer than one blkif
+/// request: each part is filled and taken in the granted pages at its
+/// offset, and the data round-trips through the file.
+fn in_place_round_trip(cfg: FrontendConfig) {
+    let mut rng = seeded_rng();
+    let spec = DiskSpec { size: 16 << 20, ..Default::default() };
+    let rig = Rig::start(spec);
+    let mut dev = rig.ts.frontend(cfg);
+    dev.connect().unwrap();
+    let max = dev.max_request_bytes();
+    let mut model = rig.file(0, spec.size);
+    // Requests in separate 400 KiB slots: 4 KiB, 64 KiB, a part and a
+    // half, 512 bytes, three parts; more requests than one ring holds.
+    let sizes = [4096, 64 << 10, max + max / 2, 512, 3 * max];
+    assert!(3 * max <= 400 << 10 && 40 * (400 << 10) <= spec.size);
+    let requests: Vec<(u64, usize)> = (0..40).map(|i| ((i * 800) as u64, sizes[i % sizes.len()])).collect();
+    let data: Vec<Vec<u8>> = requests.iter().map(|&(_, len)| random_data(&mut rng, len)).collect();
+    let mut filled = vec![0usize; requests.len()];
+
+    dev.write_in_place(&requests, |index, offset, pages| {
+        assert!(offset % max == 0 && pages.len() <= max, "parts are whole requests");
+        assert_eq!(offset, filled[index], "a request's parts are filled in order");
+        filled[index] += pages.len();
+        pages.write(0, &data[index][offset..offset + pages.len()]).map_err(std::io::Error::other)
+    })
+    .unwrap();
+
+    for (i, &(_, len)) in requests.iter().enumerate() {
+        assert_eq!(filled[i], len, "every byte of request {i} was filled once");
+    }
+    for (&(sector, len), d) in requests.iter().zip(&data) {
+        model[sector as usize * 512..][..len].copy_from_slice(d);
+    }
+    assert!(rig.file(0, spec.size) == model, "the file holds what was written in place");
+    let mut back: Vec<Vec<u8>> = requests.iter().map(|&(_, len)| vec![0u8; len]).collect();
+    let mut taken = vec![0usize; requests.len()];
+    dev.read_in_place(&requests, |index, offset, pages| {
+        taken[index] += pages.len();
+        pages.read(0, &mut back[index][offset..offset + pages.len()]).map_err(std::io::Error::other)
+    })
+    .unwrap();
+    assert_eq!(taken, filled, "every byte read was handed over once");
+    assert!(back == data, "the reads found the data in place");
+    let stats = dev.stats();
+    assert!(stats.max_in_flight >= 32 && stats.errors == 0, "{stats:?}");
+    dev.disconnect().unwrap();
+    assert_eq!(dev.stats().leaked_pages, 0);
+}
+
+#[test]
+fn in_place_data_round_trips_with_persistent_grants() {
+    in_place_round_trip(config());
+}
+
+#[test]
+fn in_place_data_round_trips_without_persistent_grants() {
+    let mut cfg = config();
+    cfg.persistent = false;
+    in_place_round_trip(cfg);
+}
+
+#[test]
+fn a_failing_data_function_fails_its_request_and_stops_the_batch() {
+    let rig = Rig::start(DiskSpec::default());
+    let before = rig.file(0, 8 << 20);
+    let mut cfg = config();
+    cfg.max_queues = 1;
+    let mut dev = rig.ts.frontend(cfg);
+    dev.connect().unwrap();
+    let requests: Vec<(u64, usize)> = (0..100).map(|i| (i * 8, 4096)).collect();
+
+    // The fill of request 3 fails: it is not sent, nor is anything after.
+    let err = dev
+        .write_in_place(&requests, |index, _, pages| {
+            if index == 3 {
+                return Err(std::io::Error::other("no data for request 3"));
+            }
+            pages.write(0, &[0xc3; 4096]).map_err(std::io::Error::other)
+        })
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Error::Batch { index: 3, failed: 1, source } if matches!(**source, Error::Data(_))),
+        "{err}"
+    );
+    assert_eq!(dev.stats().wr_req, 3, "the three filled before it were sent, nothing after");
+    let mut expected = before.clone();
+    expected[..3 * 4096].fill(0xc3);
+    assert!(rig.file(0, 8 << 20) == expected);
+    // A read whose data function fails is reported the same way; the
+    // device still works.
+    let err = dev
+        .read_in_place(&requests[..4], |index, _, _| {
+            if index == 1 {
+                Err(std::io::Error::other("the consumer failed"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(&err, Error::Batch { index: 1, source, .. } if matches!(**source, Error::Data(_))), "{err}");
+    assert!(dev.broken().is_none());
+    let mut back = vec![0u8; 4096];
+    dev.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0xc3));
+    // Ranges are checked before anything is sent, as for the copying calls.
+    let err = dev.read_in_place(&[(0, 4096), (1, 1000)], |_, _, _| Ok(())).unwrap_err();
+    assert!(matches!(&err, Error::Batch { index: 1, source, .. } if matches!(**source, Error::Misaligned { .. })));
     dev.disconnect().unwrap();
 }
