@@ -50,7 +50,10 @@ struct CacheEntry<M> {
 
 /// The persistent grants of one ring.
 struct PersistentCache<M> {
-    entries: HashMap<GrantRef, CacheEntry<M>>,
+    /// Keyed by the guest's references: the hasher is seeded at random
+    /// per cache (and the cache is bounded), so a guest cannot aim for
+    /// collisions.
+    entries: HashMap<GrantRef, CacheEntry<M>, foldhash::fast::RandomState>,
     max: usize,
     /// Incremented per request; an entry with `last_used == clock` is in
     /// use by the current request.
@@ -116,7 +119,7 @@ impl<G: GrantMap> GrantPages<G> {
     /// Pages of domain `domid`, kept mapped across requests (up to
     /// `persistent` of them) when `persistent` is `Some`.
     pub fn new(map: Arc<G>, domid: DomId, persistent: Option<usize>) -> Self {
-        let cache = persistent.map(|max| PersistentCache { entries: HashMap::new(), max, clock: 0 });
+        let cache = persistent.map(|max| PersistentCache { entries: HashMap::default(), max, clock: 0 });
         GrantPages { map, domid, cache, in_batch: false }
     }
 
