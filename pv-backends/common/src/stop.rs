@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::sys;
@@ -10,9 +11,17 @@ use crate::sys;
 /// Asks threads to stop: once [`stop`](StopSignal::stop)ped it stays
 /// stopped, and its [`fd`](StopSignal::fd) stays readable, so it can sit
 /// in a `poll` set next to an event channel.
+///
+/// [`is_stopped`](StopSignal::is_stopped) reads a flag, not the fd: data
+/// paths ask it once per round, and a system call each time would cost
+/// them (in a PV dom0 every system call goes through Xen).
 #[derive(Debug)]
 pub struct StopSignal {
     eventfd: File,
+    stopped: AtomicBool,
+    /// Whether SIGTERM and SIGINT stop this signal (see
+    /// [`on_termination`](StopSignal::on_termination)).
+    on_termination: bool,
 }
 
 impl StopSignal {
@@ -20,19 +29,22 @@ impl StopSignal {
     pub fn new() -> io::Result<Self> {
         Ok(StopSignal {
             eventfd: File::from(sys::eventfd()?),
+            stopped: AtomicBool::new(false),
+            on_termination: false,
         })
     }
 
     /// A signal, living as long as the process, that SIGTERM and SIGINT
     /// stop.
     pub fn on_termination() -> io::Result<&'static StopSignal> {
-        let signal: &'static StopSignal = Box::leak(Box::new(StopSignal::new()?));
+        let signal: &'static StopSignal = Box::leak(Box::new(StopSignal { on_termination: true, ..StopSignal::new()? }));
         sys::signal_on_termination(signal.fd())?;
         Ok(signal)
     }
 
     /// Requests a stop. Idempotent.
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         if let Err(e) = sys::eventfd_signal(&self.eventfd) {
             // Writing 8 bytes to our own eventfd cannot fail but for a
             // saturated counter, which `eventfd_signal` treats as success.
@@ -40,9 +52,9 @@ impl StopSignal {
         }
     }
 
-    /// Whether a stop was requested.
+    /// Whether a stop was requested (no system call).
     pub fn is_stopped(&self) -> bool {
-        matches!(sys::poll_readable([self.fd()], Some(Duration::ZERO)), Ok([true]))
+        self.stopped.load(Ordering::Acquire) || (self.on_termination && sys::terminated())
     }
 
     /// Waits up to `timeout` for a stop; returns whether one was requested.
@@ -71,5 +83,25 @@ mod tests {
 
         assert!(stop.is_stopped());
         assert!(stop.is_stopped(), "checking does not consume the stop");
+        assert!(stop.wait(Duration::ZERO), "and the fd stays readable for poll sets");
+    }
+
+    #[test]
+    fn threads_see_a_stop_without_polling() {
+        let stop = std::sync::Arc::new(StopSignal::new().unwrap());
+        let waiter = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.is_stopped() {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+
+        stop.stop();
+
+        waiter.join().unwrap();
+        assert!(!StopSignal::new().unwrap().is_stopped(), "signals are independent");
     }
 }

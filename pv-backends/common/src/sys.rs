@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 /// A new non-blocking, close-on-exec `eventfd` with counter 0.
@@ -78,7 +78,17 @@ pub fn poll_readable_slice(
 /// [`signal_on_termination`].
 static SIGNAL_EVENTFD: AtomicI32 = AtomicI32::new(-1);
 
+/// Set by SIGTERM and SIGINT once [`signal_on_termination`] is in place.
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+/// Whether SIGTERM or SIGINT came (after [`signal_on_termination`]).
+pub(crate) fn terminated() -> bool {
+    TERMINATED.load(Ordering::Acquire)
+}
+
 extern "C" fn on_termination(_signal: libc::c_int) {
+    // An atomic store is async-signal-safe.
+    TERMINATED.store(true, Ordering::Release);
     let fd = SIGNAL_EVENTFD.load(Ordering::Relaxed);
     if fd >= 0 {
         let one = 1u64.to_ne_bytes();
