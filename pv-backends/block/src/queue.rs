@@ -183,6 +183,10 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let mut kick = self.kick;
         loop {
             if stop.is_stopped() {
+                // Answer what was served (held responses, see below).
+                if !responses.is_empty() {
+                    self.answer(&mut ring, &mut responses, false)?;
+                }
                 return Ok(());
             }
             // Take every request published, at most a ring's worth, so that
@@ -207,28 +211,38 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // a frontend waiting for an event gets the batch's responses
             // with one event, at the end, as before. Each push writes the
             // responses it carries first, all at once, as above.
+            //
+            // And while the frontend waits for an event, a batch's
+            // responses are held if more requests came meanwhile: those are
+            // served first and answered with the same event (at most a
+            // ring's worth is ever held: requests consumed count against
+            // the ring until answered). A frontend that keeps its queue
+            // full (e.g. 32 random reads in flight) then takes one
+            // interrupt, and this thread one wake-up, per round of
+            // several batches instead of one per batch; a frontend with
+            // one request in flight sends no more meanwhile, and gets its
+            // response at once.
             let part_bytes = if device.batches_io() { usize::MAX } else { PUSH_BYTES };
             let mut rest = batch.as_slice();
-            responses.clear();
             while !rest.is_empty() {
                 let (part, tail) = rest.split_at(part_len(rest, part_bytes));
                 rest = tail;
                 device.handle_batch(part, &mut responses);
                 let held = u32::try_from(responses.len()).unwrap_or(u32::MAX);
-                if !rest.is_empty() && ring.push_would_notify(held) {
+                if ring.push_would_notify(held)
+                    && (!rest.is_empty() || ring.has_unconsumed_requests().map_err(ring_error)?)
+                {
                     continue;
                 }
-                for response in &responses {
-                    ring.put_response(response).map_err(ring_error)?;
-                }
-                responses.clear();
-                let notify = ring.push_responses_and_check_notify().map_err(ring_error)?;
-                if notify || std::mem::take(&mut kick) {
-                    self.evtchn.notify(self.port).map_err(evtchn_error)?;
-                }
+                self.answer(&mut ring, &mut responses, std::mem::take(&mut kick))?;
             }
             if !batch.is_empty() {
                 continue;
+            }
+            if !responses.is_empty() {
+                // Held for requests that were then not there (the ring
+                // broke, which the next round reports): answer them.
+                self.answer(&mut ring, &mut responses, false)?;
             }
             if std::mem::take(&mut kick) {
                 self.evtchn.notify(self.port).map_err(evtchn_error)?;
@@ -264,6 +278,28 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                 }
             }
         }
+    }
+}
+
+impl<G: GrantMap, E: EventChannels> Queue<G, E> {
+    /// Writes `responses` to the ring, all at once, pushes them and sends
+    /// the frontend an event if it asked for one (or if `kick`).
+    fn answer(
+        &self,
+        ring: &mut BackRing<'_, BlkifRequest, BlkifResponse>,
+        responses: &mut Vec<BlkifResponse>,
+        kick: bool,
+    ) -> Result<(), QueueError> {
+        let queue = self.index;
+        let ring_error = |source| QueueError::Ring { queue, source };
+        for response in responses.iter() {
+            ring.put_response(response).map_err(ring_error)?;
+        }
+        responses.clear();
+        if ring.push_responses_and_check_notify().map_err(ring_error)? || kick {
+            self.evtchn.notify(self.port).map_err(|source| QueueError::Evtchn { queue, source })?;
+        }
+        Ok(())
     }
 }
 

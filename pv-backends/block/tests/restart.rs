@@ -185,7 +185,8 @@ impl BackendWatch {
 /// Where a backend's disk I/O stands; a dead backend's disk panics.
 #[derive(Debug, Default)]
 struct GateState {
-    /// Writes, once done, wait here until the backend dies.
+    /// Writes, once done, wait here until the backend dies (or they are
+    /// released).
     hold_writes: bool,
     held: usize,
     dead: bool,
@@ -208,7 +209,7 @@ impl Gate {
         if state.hold_writes {
             state.held += 1;
             self.changed.notify_all();
-            while !state.dead {
+            while !state.dead && state.hold_writes {
                 state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
             }
         }
@@ -229,6 +230,12 @@ impl Gate {
             state =
                 self.changed.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner).0;
         }
+    }
+
+    /// Lets held writes (and later ones) go on.
+    fn release(&self) {
+        lock(&self.state).hold_writes = false;
+        self.changed.notify_all();
     }
 
     fn kill(&self) {
@@ -843,6 +850,40 @@ fn the_new_backend_sends_the_event_the_dead_one_owed() {
     watch.assert_untouched();
 
     new.stop().unwrap();
+}
+
+#[test]
+fn requests_that_come_while_a_sleeping_frontend_waits_are_answered_with_its_event() {
+    let rig = Rig::new();
+    let backend = BackendProcess::start(&rig, BackendOpts::default());
+    let mut front = Front::connect(&rig, FrontSpec::default());
+    let data = vec![0x3c; PAGE];
+    front.write(0, 8, &data);
+    front.drain_events();
+
+    // The backend is in the middle of a write while the frontend, asleep
+    // on its event channel (rsp_event armed), publishes two reads.
+    backend.gate.hold_writes();
+    let first = front.publish(0, &[Op::Write(16, data.clone())]);
+    backend.gate.wait_held(1);
+    front.consume(0);
+    let more = front.publish(0, &[Op::Read(8, 1), Op::Read(16, 1)]);
+    backend.gate.release();
+
+    // One event, for all three: the write's response was held while the
+    // reads were served.
+    front.wait_event(Instant::now() + TIMEOUT);
+    front.consume(0);
+    for id in first.iter().chain(&more) {
+        assert!(front.done.contains_key(id), "request {id} was answered with the first event");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(front.ev.pending().unwrap(), None, "and no second event came");
+    let done = front.collect(0, &more);
+    assert!(done.iter().all(|d| d.status == BLKIF_RSP_OKAY && d.data == data));
+    assert!(front.read(0, 16, 1) == data, "the ring goes on");
+
+    backend.stop().unwrap();
 }
 
 #[test]
