@@ -19,7 +19,7 @@
 //! | [`xenbus`] | the handshake with the backend |
 //! | [`queue`] | one ring: pages, event channel, requests in flight |
 //! | [`shadow`] | the requests in flight, and the check of each response |
-//! | [`device`] | [`BlockFrontend`]: connect, read, write (one transfer or a batch), flush, discard |
+//! | [`device`] | [`BlockFrontend`]: connect, read, write (one transfer or a batch, copied or in place in the granted pages), flush, discard |
 //! | [`stats`] | request counters |
 //! | [`check`] | the `rblkfront check` pattern test |
 //! | [`nbd`] | `rblkfront nbd`: the NBD transmission protocol served from the device |

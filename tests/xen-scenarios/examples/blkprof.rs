@@ -1,8 +1,10 @@
 //! A development aid (not a suite): guest and dom0 CPU time and guest
 //! interrupts while one 6.12 PV guest runs the same fio job (default 4 KiB
 //! random reads at queue depth 32) on rblkback, qdisk and blkback, twice
-//! each, with a `perf record` profile of dom0 during rblkback's turns when
-//! `RXEN_PERF_PKG` names a perf package (see the `netprof` example).
+//! each, with a `perf record` profile of dom0 (rblkback's threads by
+//! symbol) and rblkback's system calls (`perf trace -s`, per thread)
+//! during rblkback's turns when `RXEN_PERF_PKG` names a perf package (see
+//! the `netprof` example); reported after the runs.
 //!
 //! `BLKPROF_ARGS`: extra rblkback arguments; `BLKPROF_JOB`: fio arguments;
 //! `BLKPROF_SECONDS`: per run (10); `BLKPROF_ONLY`: backends to run
@@ -84,17 +86,28 @@ for p in $(pidof rblkback) $(pgrep -f qemu-system) ; do for t in /proc/$p/task/*
 wait
 echo "== xentop"; tail -n 3 /tmp/xentop | awk '{{print $1, $4}}'
 echo "== threads"; paste /tmp/t0 /tmp/t1 | awk '{{u=$5-$2; s=$6-$3; if (u+s > 0) print $1, "utime", u, "stime", s}}'
-{perf_report}
 "#,
             d = seconds / 2,
-            perf = if perf && *b == "rblkback" { format!("LD_LIBRARY_PATH=/opt/perf/lib /opt/perf/perf record -a -g -o /tmp/perf.data -- sleep {} >/dev/null 2>&1 &", seconds / 2) } else { String::new() },
-            perf_report = if perf && *b == "rblkback" { "wait; LD_LIBRARY_PATH=/opt/perf/lib /opt/perf/perf report -i /tmp/perf.data --no-children --sort comm,sym --stdio -g caller,0.5,callee,function,percent --percent-limit 2 2>/dev/null | grep -v '^#' | grep -v '^$' | head -120" } else { "" },
+            perf = if perf && *b == "rblkback" { format!("(sleep 6; export LD_LIBRARY_PATH=/opt/perf/lib; /opt/perf/perf record -a -g -o /tmp/perf{i}.data -- sleep 4 >/dev/null 2>&1; timeout 10 /opt/perf/perf trace -s -t $(ls /proc/$(pidof rblkback)/task | paste -sd,) -- sleep 3 >/tmp/trace{i}.txt 2>&1) &") } else { String::new() },
         );
         let out = h.run_with(&script, &[], Duration::from_secs(300)).unwrap();
         println!("===== dom0 during {i} {b}\n{}{}", out.stdout, out.stderr);
         h.wait_guest_line(&g, &format!("RXEN-PROF end {i} {b}"), Duration::from_secs(300)).unwrap();
     }
     h.wait_guest_line(&g, "RXEN-PROF done", Duration::from_secs(300)).unwrap();
+    if perf {
+        // Reported after the runs: perf report is slow under emulation.
+        let out = h
+            .run_with(
+                "for f in /tmp/perf*.data; do echo \"== $f\"; LD_LIBRARY_PATH=/opt/perf/lib /opt/perf/perf report -i $f --no-children --sort comm --stdio -g none --percent-limit 1 2>&1 | grep -v '^#' | grep -v '^$' | head -12; \
+                 LD_LIBRARY_PATH=/opt/perf/lib /opt/perf/perf report -i $f --no-children --comms rblkback-q0,rblkback-q1 --sort dso,sym --stdio -g none --percent-limit 0.15 2>&1 | grep -v '^#' | grep -v '^$' | head -60; done\n\
+                 for f in /tmp/trace*.txt; do echo \"== $f\"; cat $f; done",
+                &[],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        println!("===== profiles\n{}{}", out.stdout, out.stderr);
+    }
     let console = h.guest_console(&g.name).unwrap();
     for l in console.lines().filter(|l| l.contains("RXEN-PROF") && !l.contains("start") && !l.contains("end ")) {
         println!("{l}");
