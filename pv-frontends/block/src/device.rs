@@ -631,10 +631,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     /// Requests may overlap; a read carries no ordering against the
     /// others of the batch.
     pub fn read_many(&mut self, requests: &mut [(u64, &mut [u8])]) -> Result<(), Error> {
-        self.check_usable()?;
-        for (index, (sector, buf)) in requests.iter().enumerate() {
-            self.check_range(*sector, buf.len() as u64, false).map_err(|e| Error::batch(index, e))?;
-        }
+        self.check_batch(requests.iter().map(|(sector, buf)| (*sector, buf.len())), false)?;
         self.run(&mut Buffers::Read(requests))?.into_batch()
     }
 
@@ -649,10 +646,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     /// none): a batch must not write the same sectors twice if the result
     /// matters. A write is durable after [`flush`](Self::flush).
     pub fn write_many(&mut self, requests: &[(u64, &[u8])]) -> Result<(), Error> {
-        self.check_usable()?;
-        for (index, (sector, buf)) in requests.iter().enumerate() {
-            self.check_range(*sector, buf.len() as u64, true).map_err(|e| Error::batch(index, e))?;
-        }
+        self.check_batch(requests.iter().map(|(sector, buf)| (*sector, buf.len())), true)?;
         self.run(&mut Buffers::Write(requests))?.into_batch()
     }
 
@@ -701,10 +695,7 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
     where
         F: FnMut(usize, usize, &SharedMemory<'_>) -> std::io::Result<()>,
     {
-        self.check_usable()?;
-        for (index, &(sector, len)) in requests.iter().enumerate() {
-            self.check_range(sector, len as u64, writes).map_err(|e| Error::batch(index, e))?;
-        }
+        self.check_batch(requests.iter().copied(), writes)?;
         self.run(&mut InPlace { writes, requests, data })?.into_batch()
     }
 
@@ -776,6 +767,16 @@ impl<G: GrantShare, E: EventChannels, S: Xenstore> BlockFrontend<G, E, S> {
         })();
         self.settle(result)?;
         failures.into_single()
+    }
+
+    /// Checks a batch before anything of it is sent: the device, then
+    /// each `(sector, length)`; a bad range fails the batch naming it.
+    fn check_batch(&mut self, ranges: impl Iterator<Item = (u64, usize)>, write: bool) -> Result<(), Error> {
+        self.check_usable()?;
+        for (index, (sector, len)) in ranges.enumerate() {
+            self.check_range(sector, len as u64, write).map_err(|e| Error::batch(index, e))?;
+        }
+        Ok(())
     }
 
     fn check_usable(&mut self) -> Result<(), Error> {
