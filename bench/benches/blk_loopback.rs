@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use hypercall_abi::platform::{Transaction, Xenstore, XsPerm, XsPermAccess};
 use hypercall_abi::xen::DomId;
 use hypercall_abi::xenstore::XsClient;
-use rblkback::{Backend, BackendConfig, LoopbackPlatform, RawDisk, RawDiskOptions, StopSignal};
+use rblkback::{Backend, BackendConfig, LoopbackPlatform, IoMode, RawDisk, RawDiskOptions, StopSignal};
 use rblkfront::platform::Loopback;
 use rblkfront::{BlockFrontend, FrontendConfig};
 use xen_loopback::{Hypervisor, LoopbackDomain, LoopbackEventChannels, LoopbackGrantShare};
@@ -500,11 +500,12 @@ fn backend() -> Result<(), Error> {
             read_only: false,
             sector_size: None,
             direct: false,
-            // RXEN_BLK_BENCH_IO=uring|sync (default: rblkback's choice,
-            // sync for a tmpfs file).
-            batched_io: match std::env::var("RXEN_BLK_BENCH_IO").as_deref() {
-                Ok("uring") => Some(true),
-                Ok("sync") => Some(false),
+            // RXEN_BLK_BENCH_IO=uring|sync|mmap (default: rblkback's
+            // choice, mmap for a tmpfs file).
+            io: match std::env::var("RXEN_BLK_BENCH_IO").as_deref() {
+                Ok("uring") => Some(IoMode::Batched),
+                Ok("sync") => Some(IoMode::Sync),
+                Ok("mmap") => Some(IoMode::Mapped),
                 _ => None,
             },
         },

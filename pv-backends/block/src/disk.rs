@@ -26,6 +26,7 @@ use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
 use hypercall_abi::xen::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::filemap::FileMap;
 use crate::sys;
 
 /// Why a disk operation failed.
@@ -79,6 +80,9 @@ pub enum DiskError {
     /// Copying between the bounce buffer and the frontend's pages failed.
     #[error("accessing the frontend's pages failed: {0}")]
     Pages(#[from] SharedMemoryError),
+    /// The options asked for cannot be had with this image.
+    #[error("{0}")]
+    Options(String),
     /// A qcow2 image cannot be opened or its metadata is bad.
     #[error(transparent)]
     Qcow2(#[from] crate::qcow2::Qcow2Error),
@@ -304,6 +308,23 @@ pub fn bounce_write<D: Disk + ?Sized>(
     disk.write_at(offset, buf)
 }
 
+/// How a [`RawDisk`]'s reads and writes reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// Each batch's reads and writes in one io_uring submission (through
+    /// [`Disk::direct_fd`]): for block devices and files opened O_DIRECT,
+    /// where the kernel does real asynchronous I/O.
+    Batched,
+    /// One `preadv`/`pwritev` per request.
+    Sync,
+    /// Reads copied from a read-only shared mapping of the file (no system
+    /// call per read; see [`crate::filemap`]), writes with `pwritev`: for
+    /// regular files read through the page cache. Reading a hole of a
+    /// sparse file this way gives it page cache (on tmpfs, memory), as a
+    /// write would.
+    Mapped,
+}
+
 /// How to open a [`RawDisk`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawDiskOptions {
@@ -314,10 +335,9 @@ pub struct RawDiskOptions {
     /// Logical sector size to advertise; by default the block device's, or
     /// 512 for a file.
     pub sector_size: Option<u32>,
-    /// Batched I/O through io_uring (`Some(true)`), one system call per
-    /// request (`Some(false)`), or the default: batched for block devices
-    /// and O_DIRECT files ([`RawDisk::with_batched_io`]).
-    pub batched_io: Option<bool>,
+    /// How reads and writes reach the kernel; by default batched for
+    /// block devices and O_DIRECT files, mapped for other files.
+    pub io: Option<IoMode>,
 }
 
 /// A raw image: a regular file or a host block device.
@@ -334,6 +354,8 @@ pub struct RawDisk {
     /// Whether reads and writes go through [`Disk::direct_fd`] (batched,
     /// io_uring) rather than one `preadv`/`pwritev` each.
     batched_io: bool,
+    /// The file mapped for reads ([`IoMode::Mapped`]).
+    map: Option<FileMap>,
 }
 
 impl RawDisk {
@@ -372,21 +394,42 @@ impl RawDisk {
             )));
         }
         let physical = physical.max(sector_size);
+        let size = size - size % u64::from(sector_size);
+        let is_file = meta.file_type().is_file();
+        // Batching pays where the kernel does real asynchronous I/O: a
+        // block device, or a file opened O_DIRECT. A buffered read of a
+        // cached page is a copy the ring cannot speed up, and on files
+        // that cannot be read without blocking (tmpfs before Linux 6.6)
+        // io_uring hands every operation to a worker thread: there the
+        // copy is made from a mapping, with no system call at all.
+        let io = options.io.unwrap_or(if options.direct || !is_file { IoMode::Batched } else { IoMode::Mapped });
+        let map = match io {
+            IoMode::Mapped if options.direct || !is_file => {
+                return Err(DiskError::Options(format!(
+                    "{}: mapped reads need a regular file read through the page cache (not O_DIRECT, not a block device)",
+                    path.display()
+                )))
+            }
+            IoMode::Mapped => match FileMap::new(&file, size) {
+                Ok(map) => map,
+                Err(err) => {
+                    log::warn!("{}: cannot map the image ({err}); reading with preadv", path.display());
+                    None
+                }
+            },
+            IoMode::Batched | IoMode::Sync => None,
+        };
         Ok(RawDisk {
             file,
             path: path.to_owned(),
-            size: size - size % u64::from(sector_size),
+            size,
             sector_size,
             physical_sector_size: physical,
             read_only: options.read_only,
             direct: options.direct,
             discard_granularity: granularity.max(sector_size),
-            // Batching pays where the kernel does real asynchronous I/O: a
-            // block device, or a file opened O_DIRECT. A buffered read of
-            // a cached page is a copy the ring cannot speed up, and on
-            // files that cannot be read without blocking (tmpfs before
-            // Linux 6.6) io_uring hands every operation to a worker thread.
-            batched_io: options.batched_io.unwrap_or(options.direct || meta.file_type().is_block_device()),
+            batched_io: io == IoMode::Batched,
+            map,
         })
     }
 
@@ -402,6 +445,25 @@ impl RawDisk {
     pub fn with_batched_io(mut self, batched: bool) -> Self {
         self.batched_io = batched;
         self
+    }
+
+    /// Whether reads are copied from a mapping of the file now (mapped
+    /// I/O, and no fault seen).
+    pub fn reads_mapped(&self) -> bool {
+        self.map.as_ref().is_some_and(|map| !map.is_broken())
+    }
+
+    /// The mapping to read from, if any and not broken.
+    fn live_map(&self) -> Option<&FileMap> {
+        self.map.as_ref().filter(|map| !map.is_broken())
+    }
+
+    /// A read from the mapping saw it break (a fault).
+    fn map_broke(&self) {
+        log::warn!(
+            "{}: a read from the image's mapping faulted (was the file truncated?); reading with preadv from now on",
+            self.path.display()
+        );
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<(), DiskError> {
@@ -455,6 +517,12 @@ impl Disk for RawDisk {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(offset, buf.len() as u64)?;
+        if let Some(map) = self.live_map() {
+            if map.read_to_slice(offset, buf)? {
+                return Ok(());
+            }
+            self.map_broke();
+        }
         self.file
             .read_exact_at(buf, offset)
             .map_err(|source| DiskError::Io { op: "read", offset, len: buf.len() as u64, source })
@@ -480,6 +548,12 @@ impl Disk for RawDisk {
         self.check(offset, len)?;
         if !self.takes_directly(regions) {
             return bounce_read(self, offset, regions, bounce);
+        }
+        if let Some(map) = self.live_map() {
+            if map.read_into(offset, regions)? {
+                return Ok(());
+            }
+            self.map_broke();
         }
         sys::read_vectored_at(&self.file, offset, regions)
             .map_err(|source| DiskError::Io { op: "read", offset, len, source })
@@ -697,6 +771,45 @@ mod tests {
             RawDisk::open(&std::env::temp_dir(), RawDiskOptions { read_only: true, ..Default::default() }),
             Err(DiskError::NotADisk(_)) | Err(DiskError::Open { .. })
         ));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn mapped_reads_serve_the_file_and_survive_truncation() {
+        let path = temp_path("mapped");
+        let data: Vec<u8> = (0..16 * 4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let disk = RawDisk::open(&path, RawDiskOptions::default()).unwrap();
+        assert!(disk.reads_mapped(), "a buffered file is read through a mapping by default");
+        let sync = RawDisk::open(&path, RawDiskOptions { io: Some(IoMode::Sync), ..Default::default() }).unwrap();
+        assert!(!sync.reads_mapped());
+        let mut pages = vec![0u64; 2 * 4096 / 8];
+        let base = std::ptr::NonNull::new(pages.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `pages` outlives `mem` and is only accessed through it.
+        let mem = unsafe { SharedMemory::new(base, 2 * 4096, true) };
+        let regions = [mem.subregion(0, 512).unwrap(), mem.subregion(4096, 4096).unwrap()];
+        let read = |disk: &RawDisk, offset: u64| -> Result<Vec<u8>, DiskError> {
+            disk.read_vectored(offset, &regions, &mut BounceBuffer::default())?;
+            let mut out = vec![0u8; 512 + 4096];
+            regions[0].read(0, &mut out[..512]).unwrap();
+            regions[1].read(0, &mut out[512..]).unwrap();
+            Ok(out)
+        };
+        assert_eq!(read(&disk, 4608).unwrap(), &data[4608..4608 + 4608]);
+        // A write (pwritev, through the page cache) is seen by the mapping.
+        disk.write_at(5000, b"fresh").unwrap();
+        assert_eq!(&read(&disk, 4608).unwrap()[392..397], b"fresh");
+
+        // Another program truncates the image: the read that meets the
+        // hole fails (no SIGBUS death), every later read is a preadv,
+        // which still serves what is left.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(8 * 4096).unwrap();
+        assert!(matches!(read(&disk, 12 * 4096), Err(DiskError::Io { op: "read", .. })));
+        assert!(!disk.reads_mapped());
+        assert_eq!(&read(&disk, 4608).unwrap()[392..397], b"fresh");
+
+        let direct = RawDisk::open(&path, RawDiskOptions { direct: true, io: Some(IoMode::Mapped), ..Default::default() });
+        assert!(matches!(direct, Err(DiskError::Options(_)) | Err(DiskError::Open { .. })));
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -37,6 +37,7 @@
 
 pub mod device;
 pub mod disk;
+mod filemap;
 pub mod grants;
 pub mod image;
 pub mod memgrant;
@@ -49,7 +50,7 @@ mod sys;
 mod uring;
 pub mod xenbus;
 
-pub use disk::{Disk, DiskError, MemDisk, RawDisk, RawDiskOptions};
+pub use disk::{Disk, DiskError, IoMode, MemDisk, RawDisk, RawDiskOptions};
 pub use image::{create_overlay, open_image, ImageFormat};
 pub use qcow2::{Qcow2Disk, Qcow2Error, Qcow2Options};
 pub use platform::{LoopbackPlatform, Platform, PlatformError, XenPlatform};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use rblkback::{Backend, BackendConfig, Disk, ImageFormat, LoopbackPlatform, Platform, RawDiskOptions, StopSignal, XenPlatform};
+use rblkback::{Backend, BackendConfig, Disk, ImageFormat, IoMode, LoopbackPlatform, Platform, RawDiskOptions, StopSignal, XenPlatform};
 
 const SYNTAX: &str = "\
 The toolstack must have created the device in xenstore first (as xl
@@ -33,12 +33,15 @@ Exit codes: 0 stopped or device removed; 1 error.";
 /// How I/O reaches the kernel (--io).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum IoArg {
-    /// uring for block devices and --direct files, sync otherwise.
+    /// uring for block devices and --direct files, mmap otherwise.
     Auto,
     /// Each ring batch's reads and writes in one io_uring submission.
     Uring,
     /// One preadv/pwritev per request.
     Sync,
+    /// Reads copied from a read-only mapping of the image file, with no
+    /// system call; writes with pwritev (buffered files only).
+    Mmap,
 }
 
 /// The image format (--format).
@@ -102,9 +105,10 @@ struct Cli {
     direct: bool,
     /// How a raw image's reads and writes reach the kernel: each ring
     /// batch in one io_uring submission (uring), one preadv/pwritev per
-    /// request (sync), or auto: uring for block devices and --direct
-    /// files, sync for buffered files (a cached read is a copy; on tmpfs
-    /// io_uring would hand each one to a worker thread).
+    /// request (sync), reads copied from a mapping of the file (mmap), or
+    /// auto: uring for block devices and --direct files, mmap for buffered
+    /// files (a cached read is a copy, which needs no system call; on
+    /// tmpfs io_uring would hand each one to a worker thread).
     #[arg(long, value_enum, default_value_t = IoArg::Auto)]
     io: IoArg,
     /// Most queues (rings) offered: multi-queue-max-queues.
@@ -172,10 +176,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
             read_only: cli.read_only,
             direct: cli.direct,
             sector_size: cli.sector_size,
-            batched_io: match cli.io {
+            io: match cli.io {
                 IoArg::Auto => None,
-                IoArg::Uring => Some(true),
-                IoArg::Sync => Some(false),
+                IoArg::Uring => Some(IoMode::Batched),
+                IoArg::Sync => Some(IoMode::Sync),
+                IoArg::Mmap => Some(IoMode::Mapped),
             },
         },
     )?);

@@ -1,7 +1,8 @@
 //! The crate's system calls that have no safe wrapper in `std`: block
 //! device ioctls, `fallocate`, `preadv`/`pwritev` on the frontend's pages
 //! (the stop signal's are in `pv-backend-common`). Every `unsafe` of the
-//! backend outside [`crate::memgrant`] is here.
+//! backend outside [`crate::memgrant`] and [`crate::filemap`] (the image
+//! mapping and its `SIGBUS` handler) is here.
 
 use std::fs::File;
 use std::io;

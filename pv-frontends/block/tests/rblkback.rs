@@ -87,7 +87,7 @@ impl Rig {
                         read_only: spec.read_only,
                         sector_size: Some(spec.sector_size),
                         direct: false,
-                        batched_io: None,
+                        io: None,
                     },
                 )
                 .unwrap();

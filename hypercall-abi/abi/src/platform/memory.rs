@@ -31,6 +31,9 @@ pub enum SharedMemoryError {
     /// An atomic access at an offset that is not 4-byte aligned.
     #[error("offset {0} is not aligned for an atomic 32-bit access")]
     Unaligned(usize),
+    /// A copy between two regions whose bytes overlap.
+    #[error("the source and destination of a copy overlap")]
+    Overlap,
 }
 
 /// A region of shared memory: base, length and whether we may write it.
@@ -184,6 +187,36 @@ impl<'a> SharedMemory<'a> {
         unsafe { crate::ring::SharedRingMem::new(self.base, self.len) }
     }
 
+    /// Copies `len` bytes at `src_offset` of `src` into this region at
+    /// `offset`: shared memory to shared memory (e.g. a mapped file's
+    /// page cache to a frontend's granted page), with no copy in between.
+    pub fn copy_from(
+        &self,
+        offset: usize,
+        src: &SharedMemory<'_>,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<(), SharedMemoryError> {
+        if !self.writable {
+            return Err(SharedMemoryError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        src.check(src_offset, len)?;
+        // Both ranges are inside their regions (checked), so these sums do
+        // not overflow.
+        let dst = self.base.as_ptr() as usize + offset;
+        let from = src.base.as_ptr() as usize + src_offset;
+        if len > 0 && dst < from + len && from < dst + len {
+            return Err(SharedMemoryError::Overlap);
+        }
+        // SAFETY: the source range is inside `src`'s mapped region and the
+        // destination inside our writable one (checked), the two do not
+        // overlap (checked), and both are only accessed through raw
+        // pointers (the contract of `new`).
+        unsafe { volatile_copy(src.base.as_ptr().add(src_offset), self.base.as_ptr().add(offset), len) };
+        Ok(())
+    }
+
     /// Fills the region with zeroes.
     pub fn zero(&self) -> Result<(), SharedMemoryError> {
         const ZEROES: [u8; 4096] = [0; 4096];
@@ -317,5 +350,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn copies_between_regions() {
+        let mut a = vec![0u64; 512];
+        let mut b = vec![0u64; 512];
+        let src: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8).collect();
+        // SAFETY: `a` and `b` outlive the accessors and are not touched
+        // through references meanwhile.
+        let (from, to) = unsafe {
+            (
+                SharedMemory::new(NonNull::new(a.as_mut_ptr().cast::<u8>()).unwrap(), 4096, true),
+                SharedMemory::new(NonNull::new(b.as_mut_ptr().cast::<u8>()).unwrap(), 4096, true),
+            )
+        };
+        from.write(0, &src).unwrap();
+        to.copy_from(100, &from, 7, 3000).unwrap();
+        let mut out = vec![0u8; 4096];
+        to.read(0, &mut out).unwrap();
+        assert_eq!(&out[100..3100], &src[7..3007]);
+        assert!(out[..100].iter().chain(&out[3100..]).all(|&x| x == 0), "nothing around the range was touched");
+        assert!(matches!(to.copy_from(1100, &from, 7, 3000), Err(SharedMemoryError::OutOfBounds { .. })));
+        assert!(matches!(to.copy_from(0, &from, 1100, 3000), Err(SharedMemoryError::OutOfBounds { .. })));
+        assert_eq!(from.copy_from(0, &from, 100, 200), Err(SharedMemoryError::Overlap));
+        assert_eq!(from.copy_from(0, &from, 200, 200), Ok(()), "adjacent ranges do not overlap");
+        let sub = from.subregion(8, 64).unwrap();
+        assert_eq!(sub.copy_from(0, &from, 12, 8), Err(SharedMemoryError::Overlap));
+        assert_eq!(sub.copy_from(0, &from, 16, 8), Ok(()));
+        // SAFETY: as above (a read-only view of `b`).
+        let read_only = unsafe { SharedMemory::new(NonNull::new(b.as_mut_ptr().cast::<u8>()).unwrap(), 4096, false) };
+        assert_eq!(read_only.copy_from(0, &from, 0, 1), Err(SharedMemoryError::ReadOnly));
     }
 }

@@ -1,0 +1,382 @@
+//! A read-only shared mapping of a raw image file, for reads with no
+//! system call: a request's data is copied from the file's page cache,
+//! through the mapping, straight into the frontend's granted pages.
+//!
+//! A `preadv` costs a system call per request; in a PV dom0 each system
+//! call enters Xen on the way in and on the way out. The copy itself is
+//! the same one the kernel would make.
+//!
+//! The one danger of a file mapping is `SIGBUS`: touching a page beyond
+//! the file's end (another program truncated the image), or a page the
+//! file system cannot supply (an I/O error, a full tmpfs), kills the
+//! process. A handler for `SIGBUS` ([`install_handler`]) recognises faults
+//! inside a registered mapping, marks that mapping broken, and puts a
+//! zero-filled anonymous page over the page that faulted (so that the copy
+//! completes). A copy that ends after the mapping broke, in any thread,
+//! reports it ([`FileMap::read_into`] returns `Ok(false)`), and the caller
+//! serves that read and every later one with `preadv`, which reports such
+//! conditions as errors or short reads. Faults elsewhere go to the handler that was
+//! there before (Rust's stack overflow handler), or kill the process as
+//! they would have.
+//!
+//! Every `unsafe` of this module is a system call (`mmap`, `munmap`,
+//! `sigaction`) or the signal handler's access to the fault's `siginfo`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
+
+/// Most mappings registered at once (one process serves one device: its
+/// image, and the read-only files of a backing chain).
+const SLOTS: usize = 16;
+
+/// Whether each slot is claimed by a [`FileMap`].
+static TAKEN: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+/// Start address of each registered mapping (0: none yet, or unmapped).
+static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+/// Length of each registered mapping; written before its start.
+static LENS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+/// Whether each registered mapping saw a fault (set before the zero page
+/// goes in, so that any copy that could read it sees the flag after).
+static BROKEN: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+/// The `SIGBUS` action before ours, for faults that are not ours.
+static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+
+/// A copy of the previous `sigaction` (it holds a function pointer and a
+/// signal mask only).
+struct Previous(libc::sigaction);
+
+// SAFETY: `sigaction` is plain data (a handler address, a mask, flags),
+// read only, from any thread.
+unsafe impl Sync for Previous {}
+// SAFETY: as above.
+unsafe impl Send for Previous {}
+
+/// The system's page size (the handler replaces a page at a time).
+fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+}
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+
+/// The registered mapping `addr` lies in.
+fn slot_of(addr: usize) -> Option<usize> {
+    (0..SLOTS).find(|&i| {
+        let start = STARTS[i].load(Ordering::Acquire);
+        start != 0 && addr >= start && addr - start < LENS[i].load(Ordering::Acquire)
+    })
+}
+
+/// The `SIGBUS` handler. Only async-signal-safe work: atomics, `mmap`,
+/// `sigaction`, and the previous handler.
+extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler;
+    // si_addr is the faulting address for SIGBUS.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if let Some(slot) = slot_of(addr) {
+        BROKEN[slot].store(true, Ordering::SeqCst);
+        let page = addr & !(PAGE_SIZE.load(Ordering::Relaxed) - 1);
+        // SAFETY: MAP_FIXED over one page of a mapping this module made
+        // and still owns (registered): it replaces the file's page with a
+        // zero-filled anonymous one, no other memory is affected. The
+        // faulting copy then completes with zeroes; `read_into` sees the
+        // mapping broken and discards its result.
+        let mapped = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                PAGE_SIZE.load(Ordering::Relaxed),
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if mapped != libc::MAP_FAILED {
+            return;
+        }
+    }
+    // Not ours (or the page could not be replaced): what would have
+    // happened without this handler.
+    match PREVIOUS.get() {
+        Some(Previous(old)) if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN => {
+            if old.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the previous handler was installed as an
+                // SA_SIGINFO handler, so it has this signature; we pass it
+                // the arguments the kernel gave us.
+                let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(old.sa_sigaction) };
+                handler(signal, info, context);
+            } else {
+                // SAFETY: as above, for a plain handler.
+                let handler: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(old.sa_sigaction) };
+                handler(signal);
+            }
+        }
+        _ => {
+            // Default action: returning re-runs the faulting access, which
+            // then kills the process as SIGBUS does.
+            // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask.
+            let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+            default.sa_sigaction = libc::SIG_DFL;
+            // SAFETY: `default` is a valid sigaction; no old action asked.
+            unsafe { libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// Installs the `SIGBUS` handler, once per process.
+fn install_handler() -> io::Result<()> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        PAGE_SIZE.store(page_size(), Ordering::Relaxed);
+        // SAFETY: zeroed sigaction is a valid value to be overwritten.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: query only: `old` is a live local the kernel fills.
+        if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        }
+        let _ = PREVIOUS.set(Previous(old));
+        // SAFETY: as above.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigbus as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        // SAFETY: `action` is a valid sigaction naming a handler of the
+        // SA_SIGINFO signature that only does async-signal-safe work.
+        if unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        }
+        Ok(())
+    });
+    result.map_err(io::Error::from_raw_os_error)
+}
+
+/// A read-only shared mapping of the first `len` bytes of a file.
+#[derive(Debug)]
+pub(crate) struct FileMap {
+    base: NonNull<u8>,
+    len: usize,
+    /// Our entry in `STARTS`, `LENS` and `BROKEN`.
+    slot: usize,
+}
+
+// SAFETY: the mapping is only read, through `SharedMemory` (volatile
+// copies), from any thread; it lives until drop.
+unsafe impl Send for FileMap {}
+// SAFETY: as above.
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// Maps the first `len` bytes of `file` (open for reading). `None`
+    /// when there is nothing to map or every slot is taken.
+    pub(crate) fn new(file: &File, len: u64) -> io::Result<Option<Self>> {
+        let Ok(len) = usize::try_from(len) else { return Ok(None) };
+        if len == 0 {
+            return Ok(None);
+        }
+        install_handler()?;
+        // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED), of an
+        // open file; it touches no existing memory.
+        let addr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let Some(base) = NonNull::new(addr.cast::<u8>()) else { return Ok(None) };
+        let free = (0..SLOTS)
+            .find(|&i| TAKEN[i].compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        if let Some(i) = free {
+            LENS[i].store(len, Ordering::Release);
+            BROKEN[i].store(false, Ordering::SeqCst);
+            STARTS[i].store(addr as usize, Ordering::Release);
+        }
+        let Some(slot) = free else {
+            // SAFETY: unmaps the mapping made above, which nothing uses.
+            unsafe { libc::munmap(addr, len) };
+            return Ok(None);
+        };
+        Ok(Some(FileMap { base, len, slot }))
+    }
+
+    /// Whether a fault was seen: the mapping may hold zero pages in place
+    /// of the file's, and reads must go elsewhere.
+    pub(crate) fn is_broken(&self) -> bool {
+        BROKEN[self.slot].load(Ordering::SeqCst)
+    }
+
+    /// Copies the file's bytes from `offset` into `buf`; as
+    /// [`read_into`](Self::read_into).
+    pub(crate) fn read_to_slice(&self, offset: u64, buf: &mut [u8]) -> Result<bool, SharedMemoryError> {
+        if self.is_broken() {
+            return Ok(false);
+        }
+        let at = usize::try_from(offset).map_err(|_| SharedMemoryError::OutOfBounds {
+            offset: usize::MAX,
+            len: buf.len(),
+            size: self.len,
+        })?;
+        self.file().read(at, buf)?;
+        // As in read_into.
+        Ok(!self.is_broken())
+    }
+
+    /// The mapping, as shared memory: the file may change under us.
+    fn file(&self) -> SharedMemory<'_> {
+        // SAFETY: base..base+len is our mapping, readable until drop, and
+        // only ever read through this accessor's volatile copies.
+        unsafe { SharedMemory::new(self.base, self.len, false) }
+    }
+
+    /// Copies the file's bytes from `offset` into `regions`, in order.
+    /// `Ok(true)`: done; `Ok(false)`: the mapping is broken (a fault,
+    /// now or before; the regions may hold zeroes in place of data): read
+    /// again another way. The range must lie inside the mapping (the
+    /// caller checked it against the disk's size).
+    pub(crate) fn read_into(&self, offset: u64, regions: &[SharedMemory<'_>]) -> Result<bool, SharedMemoryError> {
+        if self.is_broken() {
+            return Ok(false);
+        }
+        let file = self.file();
+        let mut at = usize::try_from(offset).map_err(|_| SharedMemoryError::OutOfBounds {
+            offset: usize::MAX,
+            len: 0,
+            size: self.len,
+        })?;
+        for region in regions {
+            region.copy_from(0, &file, at, region.len())?;
+            at += region.len();
+        }
+        // The handler marks the mapping broken before it replaces a page
+        // (in this thread: SIGBUS is synchronous; or in another), so a
+        // copy that read a replaced page sees the mark here.
+        Ok(!self.is_broken())
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        STARTS[self.slot].store(0, Ordering::Release);
+        // SAFETY: our own mapping, of `len` bytes; `&mut self` means no
+        // copy from it is running.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        TAKEN[self.slot].store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn region(buf: &mut [u64]) -> SharedMemory<'_> {
+        // SAFETY: `buf` outlives the accessor and is not touched through
+        // references meanwhile.
+        unsafe { SharedMemory::new(NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap(), buf.len() * 8, true) }
+    }
+
+    fn read(map: &FileMap, offset: u64, len: usize) -> (bool, Vec<u8>) {
+        let mut buf = vec![0u64; len.div_ceil(8)];
+        let ok = map.read_into(offset, &[region(&mut buf).subregion(0, len).unwrap()]).unwrap();
+        (ok, buf.iter().flat_map(|w| w.to_ne_bytes()).take(len).collect())
+    }
+
+    #[test]
+    fn reads_the_file_and_sees_later_writes() {
+        let mut file = tempfile();
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 31 + 7) as u8).collect();
+        file.write_all(&data).unwrap();
+        let map = FileMap::new(&file, data.len() as u64).unwrap().unwrap();
+        assert_eq!(read(&map, 100, 5000), (true, data[100..5100].to_vec()));
+        std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 4090).unwrap();
+        let (ok, bytes) = read(&map, 4090, 7);
+        assert!(ok);
+        assert_eq!(bytes, b"changed");
+        let mut buf = [0u8; 9];
+        assert!(map.read_to_slice(4089, &mut buf).unwrap());
+        assert_eq!(&buf, &[data[4089], b'c', b'h', b'a', b'n', b'g', b'e', b'd', data[4097]]);
+        let mut buf = vec![0u64; 8];
+        assert!(map.read_into(3 * 4096 - 8, &[region(&mut buf)]).is_err(), "past the mapping");
+        assert!(!map.is_broken());
+    }
+
+    #[test]
+    fn truncation_is_a_fault_not_a_crash() {
+        let mut file = tempfile();
+        file.write_all(&vec![0xa5u8; 4 * 4096]).unwrap();
+        let map = FileMap::new(&file, 4 * 4096).unwrap().unwrap();
+        assert_eq!(read(&map, 8192, 16), (true, vec![0xa5; 16]));
+        file.set_len(4096).unwrap();
+        // The second page is now past the end of the file: SIGBUS, which
+        // the handler turns into a reported fault.
+        let (ok, _) = read(&map, 4096, 4096);
+        assert!(!ok);
+        assert!(map.is_broken());
+        // From now on every read is refused, even of pages still there.
+        assert!(!read(&map, 0, 16).0);
+        // Another fault in the same mapping is handled too.
+        let map = std::mem::ManuallyDrop::new(map);
+        let again = FileMap::new(&file, 4 * 4096).unwrap().unwrap();
+        assert!(read(&again, 0, 16).0, "a new mapping of the same file is not broken");
+        assert!(!read(&again, 3 * 4096, 8).0);
+        drop(std::mem::ManuallyDrop::into_inner(map));
+    }
+
+    #[test]
+    fn mappings_are_released() {
+        let mut file = tempfile();
+        file.write_all(&[1u8; 4096]).unwrap();
+        // More than the slots, one after the other: each drop frees its slot.
+        for _ in 0..3 * SLOTS {
+            let map = FileMap::new(&file, 4096).unwrap().unwrap();
+            assert_eq!(read(&map, 0, 4), (true, vec![1; 4]));
+        }
+        assert!(FileMap::new(&file, 0).unwrap().is_none());
+    }
+
+    /// A SIGBUS outside our mappings still kills the process, as it would
+    /// without the handler (run in a child: this test binary again).
+    #[test]
+    fn other_faults_still_kill() {
+        if std::env::var_os("RBLKBACK_FILEMAP_CHILD").is_some() {
+            let mut file = tempfile();
+            file.write_all(&[1u8; 8192]).unwrap();
+            let _ours = FileMap::new(&file, 8192).unwrap().unwrap();
+            // A mapping of our own, not registered, beyond the file's end.
+            // SAFETY: a new mapping of an open file, chosen by the kernel.
+            let addr = unsafe { libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+            assert_ne!(addr, libc::MAP_FAILED);
+            file.set_len(0).unwrap();
+            // SAFETY: the page is mapped; reading it raises SIGBUS, which
+            // is what this child is for.
+            let byte = unsafe { addr.cast::<u8>().read_volatile() };
+            println!("survived, read {byte}");
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "filemap::tests::other_faults_still_kill", "--nocapture", "--test-threads=1"])
+            .env("RBLKBACK_FILEMAP_CHILD", "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{out:?}");
+    }
+
+    fn tempfile() -> File {
+        let dir = std::env::temp_dir();
+        for i in 0.. {
+            let path = dir.join(format!("rblkback-filemap-{}-{i}", std::process::id()));
+            if let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+                let _ = std::fs::remove_file(&path);
+                return file;
+            }
+        }
+        unreachable!()
+    }
+}
