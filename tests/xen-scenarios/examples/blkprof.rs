@@ -6,9 +6,15 @@
 //! during rblkback's turns when `RXEN_PERF_PKG` names a perf package (see
 //! the `netprof` example); reported after the runs.
 //!
-//! `BLKPROF_ARGS`: extra rblkback arguments; `BLKPROF_JOB`: fio arguments;
-//! `BLKPROF_SECONDS`: per run (10); `BLKPROF_ONLY`: backends to run
-//! (comma-separated, e.g. `rblkback`).
+//! `BLKPROF_ARGS`: extra rblkback arguments; `BLKPROF_ALT_ARGS`: when set,
+//! a second rblkback disk (xvde, backend `rblkback-alt`) with these
+//! arguments instead, run after each rblkback turn (an A/B comparison in
+//! one boot); `BLKPROF_GUEST_PRE`: shell run in the guest before each
+//! fio run, with `$i` (the run's index) and `$b` (its backend) set (e.g.
+//! to move the blkif interrupts: /proc/irq/N/smp_affinity); `BLKPROF_JOB`:
+//! fio arguments; `BLKPROF_SECONDS`: per run
+//! (10); `BLKPROF_ONLY`: backends to run (comma-separated, e.g.
+//! `rblkback`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -24,18 +30,30 @@ const ALL: [(&str, &str); 6] = [
 
 fn order() -> Vec<(&'static str, &'static str)> {
     let only = std::env::var("BLKPROF_ONLY").unwrap_or_default();
-    ALL.iter().copied().filter(|(_, b)| only.is_empty() || only.split(',').any(|o| o == *b)).collect()
+    let alt = std::env::var_os("BLKPROF_ALT_ARGS").is_some();
+    ALL.iter()
+        .copied()
+        .filter(|(_, b)| only.is_empty() || only.split(',').any(|o| o == *b))
+        .flat_map(|d| {
+            let alt = (alt && d.1 == "rblkback").then_some(("xvde", "rblkback-alt"));
+            std::iter::once(d).chain(alt)
+        })
+        .collect()
 }
 
 fn guest_script(job: &str, seconds: u32) -> String {
-    let mut s = String::from("#!/bin/sh\nfor d in xvdb xvdc xvdd; do i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done; done\nsleep 2\n");
+    let alt = if std::env::var_os("BLKPROF_ALT_ARGS").is_some() { "xvde" } else { "" };
+    let mut s = format!("#!/bin/sh\nALT={alt}\n");
+    s.push_str("for d in xvdb xvdc xvdd $ALT; do i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done; done\nsleep 2\n");
+    let pre = std::env::var("BLKPROF_GUEST_PRE").unwrap_or_else(|_| ":".into());
     for (i, (d, b)) in order().iter().enumerate() {
         s.push_str(&format!(
-            "echo \"RXEN-PROF start {i} {b}\"\n\
+            "i={i}; b={b}; {pre}\n\
+             echo \"RXEN-PROF start {i} {b}\"\n\
              grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i0; head -1 /proc/stat > /tmp/s0\n\
              fio --name=j --filename=/dev/{d} --direct=1 --ioengine=io_uring {job} --size=128M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | awk -F';' '{{print \"RXEN-PROF fio {b} riops=\" $8 \" rkib=\" $7 \" wiops=\" $49 \" wkib=\" $48}}'\n\
              grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i1; head -1 /proc/stat > /tmp/s1\n\
-             paste /tmp/i0 /tmp/i1 | awk '{{n=NF/2; a=$2+$3; b=$(n+2)+$(n+3); print \"RXEN-PROF irq {b}\", b-a, $(n-1), $n}}'\n\
+             paste /tmp/i0 /tmp/i1 | awk '{{n=NF/2; a=$2+$3; b=$(n+2)+$(n+3); print \"RXEN-PROF irq {b}\", b-a, \"cpu0\", $(n+2)-$2, \"cpu1\", $(n+3)-$3, $(n-1), $n}}'\n\
              paste /tmp/s0 /tmp/s1 | awk '{{print \"RXEN-PROF stat {b} user\", $13-$2, \"sys\", $15-$4, \"idle\", $16-$5, \"irq\", $18-$7, \"softirq\", $19-$8, \"steal\", $20-$9}}'\n\
              echo \"RXEN-PROF end {i} {b}\"\nsleep 3\n"
         ));
@@ -74,6 +92,10 @@ fn main() {
     guest.vcpus = 2;
     let g = h.xl_create(&guest).unwrap();
     attach_rblkback(&mut h, &g.name, 51728, "/var/lib/rxen/bench/r.img", &args).unwrap();
+    if let Ok(alt) = std::env::var("BLKPROF_ALT_ARGS") {
+        h.run_ok("truncate -s 128M /var/lib/rxen/bench/a.img").unwrap();
+        attach_rblkback(&mut h, &g.name, 51776, "/var/lib/rxen/bench/a.img", &alt).unwrap();
+    }
     for (i, (_, b)) in order().iter().enumerate() {
         h.wait_guest_line(&g, &format!("RXEN-PROF start {i} {b}"), Duration::from_secs(900)).unwrap();
         let script = format!(
@@ -88,7 +110,7 @@ echo "== xentop"; tail -n 3 /tmp/xentop | awk '{{print $1, $4}}'
 echo "== threads"; paste /tmp/t0 /tmp/t1 | awk '{{u=$5-$2; s=$6-$3; if (u+s > 0) print $1, "utime", u, "stime", s}}'
 "#,
             d = seconds / 2,
-            perf = if perf && *b == "rblkback" { format!("(sleep 6; export LD_LIBRARY_PATH=/opt/perf/lib; /opt/perf/perf record -a -g -o /tmp/perf{i}.data -- sleep 4 >/dev/null 2>&1; timeout 10 /opt/perf/perf trace -s -t $(ls /proc/$(pidof rblkback)/task | paste -sd,) -- sleep 3 >/tmp/trace{i}.txt 2>&1) &") } else { String::new() },
+            perf = if perf && b.starts_with("rblkback") { format!("(sleep 6; export LD_LIBRARY_PATH=/opt/perf/lib; /opt/perf/perf record -a -g -o /tmp/perf{i}.data -- sleep 4 >/dev/null 2>&1; timeout 10 /opt/perf/perf trace -s -t $(for p in $(pidof rblkback); do ls /proc/$p/task; done | paste -sd,) -- sleep 3 >/tmp/trace{i}.txt 2>&1) &") } else { String::new() },
         );
         let out = h.run_with(&script, &[], Duration::from_secs(300)).unwrap();
         println!("===== dom0 during {i} {b}\n{}{}", out.stdout, out.stderr);
