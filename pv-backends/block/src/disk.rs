@@ -410,7 +410,9 @@ impl RawDisk {
                     path.display()
                 )))
             }
-            IoMode::Mapped => match FileMap::new(&file, size) {
+            // On tmpfs only pages known to exist are read through the
+            // mapping: a read fault on a hole would allocate a page.
+            IoMode::Mapped => match sys::is_tmpfs(&file).and_then(|tmpfs| FileMap::new(&file, size, tmpfs)) {
                 Ok(map) => map,
                 Err(err) => {
                     log::warn!("{}: cannot map the image ({err}); reading with preadv", path.display());
@@ -456,6 +458,13 @@ impl RawDisk {
     /// The mapping to read from, if any and not broken.
     fn live_map(&self) -> Option<&FileMap> {
         self.map.as_ref().filter(|map| !map.is_broken())
+    }
+
+    /// `len` bytes at `offset` were written: their pages exist now.
+    fn written(&self, offset: u64, len: u64) {
+        if let Some(map) = &self.map {
+            map.mark_present(offset, len);
+        }
     }
 
     /// A read from the mapping saw it break (a fault).
@@ -517,7 +526,7 @@ impl Disk for RawDisk {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(offset, buf.len() as u64)?;
-        if let Some(map) = self.live_map() {
+        if let Some(map) = self.live_map().filter(|map| map.is_present(offset, buf.len() as u64)) {
             if map.read_to_slice(offset, buf)? {
                 return Ok(());
             }
@@ -535,7 +544,9 @@ impl Disk for RawDisk {
         self.check(offset, buf.len() as u64)?;
         self.file
             .write_all_at(buf, offset)
-            .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })
+            .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })?;
+        self.written(offset, buf.len() as u64);
+        Ok(())
     }
 
     fn read_vectored(
@@ -549,7 +560,7 @@ impl Disk for RawDisk {
         if !self.takes_directly(regions) {
             return bounce_read(self, offset, regions, bounce);
         }
-        if let Some(map) = self.live_map() {
+        if let Some(map) = self.live_map().filter(|map| map.is_present(offset, len)) {
             if map.read_into(offset, regions)? {
                 return Ok(());
             }
@@ -574,7 +585,9 @@ impl Disk for RawDisk {
             return bounce_write(self, offset, regions, bounce);
         }
         sys::write_vectored_at(&self.file, offset, regions)
-            .map_err(|source| DiskError::Io { op: "write", offset, len, source })
+            .map_err(|source| DiskError::Io { op: "write", offset, len, source })?;
+        self.written(offset, len);
+        Ok(())
     }
 
     fn batches_io(&self) -> bool {
@@ -616,6 +629,11 @@ impl Disk for RawDisk {
         self.check(offset, len)?;
         if len == 0 {
             return Ok(());
+        }
+        // Before the hole is punched: a read meanwhile may still map a
+        // page back (the guest raced its own discard), never the reverse.
+        if let Some(map) = &self.map {
+            map.mark_hole(offset, len);
         }
         sys::punch_hole(&self.file, offset, len).map_err(|source| match source.raw_os_error() {
             Some(libc::EOPNOTSUPP) => DiskError::DiscardUnsupported,
@@ -810,6 +828,40 @@ mod tests {
 
         let direct = RawDisk::open(&path, RawDiskOptions { direct: true, io: Some(IoMode::Mapped), ..Default::default() });
         assert!(matches!(direct, Err(DiskError::Options(_)) | Err(DiskError::Open { .. })));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// On tmpfs, reading holes of a sparse image allocates nothing (they
+    /// are read with preadv); what the disk writes is read from the
+    /// mapping afterwards.
+    #[test]
+    fn mapped_reads_of_a_sparse_tmpfs_image_allocate_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = Path::new("/dev/shm");
+        assert!(dir.is_dir(), "this test needs a tmpfs at /dev/shm");
+        let path = dir.join(format!("rblkback-disk-{}-sparse", std::process::id()));
+        let file = File::create(&path).unwrap();
+        assert!(sys::is_tmpfs(&file).unwrap(), "/dev/shm is a tmpfs");
+        file.set_len(64 << 20).unwrap();
+        let disk = RawDisk::open(&path, RawDiskOptions::default()).unwrap();
+        let mut buf = vec![1u8; 1 << 20];
+        for offset in (0..64u64 << 20).step_by(4 << 20) {
+            disk.read_at(offset, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == 0));
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "reading holes allocated pages");
+        let map = disk.map.as_ref().unwrap();
+        assert!(!map.is_present(8192, 512));
+        disk.write_at(8192, &[7u8; 512]).unwrap();
+        assert!(map.is_present(8192, 512), "a page the disk wrote is read from the mapping");
+        let mut out = [0u8; 512];
+        disk.read_at(8192, &mut out).unwrap();
+        assert_eq!(out, [7u8; 512]);
+        disk.discard(0, 1 << 20).unwrap();
+        assert!(!map.is_present(8192, 512));
+        disk.read_at(8192, &mut out).unwrap();
+        assert_eq!(out, [0u8; 512]);
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "the discard freed the page, no read took it back");
         std::fs::remove_file(&path).unwrap();
     }
 }

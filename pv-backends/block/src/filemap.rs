@@ -19,14 +19,24 @@
 //! there before (Rust's stack overflow handler), or kill the process as
 //! they would have.
 //!
+//! On tmpfs, a read fault on a hole allocates a zeroed page for it (a
+//! `preadv` of a hole does not: it copies from the shared zero page), so
+//! a guest reading its sparse disk would fill dom0's memory and slow each
+//! first read with an allocation. There the mapping tracks which pages of
+//! the file exist ([`FileMap::new`] with `track_holes`): those present
+//! when it was made (`mincore`), and those written since
+//! ([`FileMap::mark_present`]); [`FileMap::is_present`] says whether a
+//! range can be read from the mapping, and other reads go to `preadv`.
+//!
 //! Every `unsafe` of this module is a system call (`mmap`, `munmap`,
-//! `sigaction`) or the signal handler's access to the fault's `siginfo`.
+//! `mincore`, `sigaction`) or the signal handler's access to the fault's
+//! `siginfo`.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use hypercall_abi::platform::{SharedMemory, SharedMemoryError};
@@ -164,6 +174,9 @@ pub(crate) struct FileMap {
     len: usize,
     /// Our entry in `STARTS`, `LENS` and `BROKEN`.
     slot: usize,
+    /// One bit per page of the file known to exist (not a hole), when
+    /// holes are tracked (tmpfs).
+    present: Option<Box<[AtomicU64]>>,
 }
 
 // SAFETY: the mapping is only read, through `SharedMemory` (volatile
@@ -174,8 +187,10 @@ unsafe impl Sync for FileMap {}
 
 impl FileMap {
     /// Maps the first `len` bytes of `file` (open for reading). `None`
-    /// when there is nothing to map or every slot is taken.
-    pub(crate) fn new(file: &File, len: u64) -> io::Result<Option<Self>> {
+    /// when there is nothing to map or every slot is taken. With
+    /// `track_holes`, only pages known to exist are read from the mapping
+    /// (see the module documentation).
+    pub(crate) fn new(file: &File, len: u64, track_holes: bool) -> io::Result<Option<Self>> {
         let Ok(len) = usize::try_from(len) else { return Ok(None) };
         if len == 0 {
             return Ok(None);
@@ -202,7 +217,84 @@ impl FileMap {
             unsafe { libc::munmap(addr, len) };
             return Ok(None);
         };
-        Ok(Some(FileMap { base, len, slot }))
+        let mut map = FileMap { base, len, slot, present: None };
+        if track_holes {
+            map.present = Some(map.resident_pages()?);
+        }
+        Ok(Some(map))
+    }
+
+    /// A bitmap of the pages of the mapping that are in the page cache
+    /// now (`mincore`, which allocates nothing).
+    fn resident_pages(&self) -> io::Result<Box<[AtomicU64]>> {
+        const CHUNK: usize = 1 << 30;
+        let page = PAGE_SIZE.load(Ordering::Relaxed);
+        let pages = self.len.div_ceil(page);
+        let bits: Box<[AtomicU64]> = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let mut vec = vec![0u8; CHUNK.min(self.len).div_ceil(page)];
+        let mut at = 0;
+        while at < self.len {
+            let len = CHUNK.min(self.len - at);
+            let vec = &mut vec[..len.div_ceil(page)];
+            // SAFETY: `base + at .. + len` lies in our mapping (page
+            // aligned: `at` is a multiple of CHUNK); `vec` has a byte for
+            // each of its pages, as mincore writes.
+            let rc = unsafe { libc::mincore(self.base.as_ptr().add(at).cast(), len, vec.as_mut_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for (i, &flags) in vec.iter().enumerate() {
+                if flags & 1 != 0 {
+                    let p = at / page + i;
+                    bits[p / 64].fetch_or(1 << (p % 64), Ordering::Relaxed);
+                }
+            }
+            at += len;
+        }
+        Ok(bits)
+    }
+
+    /// The pages `offset..offset + len` touch (`len > 0`), as page
+    /// indices, clamped to the mapping.
+    fn pages(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let page = PAGE_SIZE.load(Ordering::Relaxed) as u64;
+        let end = offset.saturating_add(len).min(self.len as u64);
+        // Both below `len: usize`.
+        (offset.min(end) / page) as usize..end.div_ceil(page) as usize
+    }
+
+    /// Whether `offset..offset + len` can be read from the mapping: holes
+    /// are not tracked, or every page it touches is known to exist.
+    pub(crate) fn is_present(&self, offset: u64, len: u64) -> bool {
+        let Some(bits) = &self.present else { return true };
+        self.pages(offset, len)
+            .all(|p| bits.get(p / 64).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (p % 64)) != 0))
+    }
+
+    /// Records that `offset..offset + len` was written: its pages exist.
+    pub(crate) fn mark_present(&self, offset: u64, len: u64) {
+        let Some(bits) = &self.present else { return };
+        for p in self.pages(offset, len) {
+            if let Some(w) = bits.get(p / 64) {
+                w.fetch_or(1 << (p % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records that `offset..offset + len` is about to become a hole (a
+    /// discard): the pages it covers whole are read with `preadv` from now
+    /// on (pages it covers in part keep their data and stay).
+    pub(crate) fn mark_hole(&self, offset: u64, len: u64) {
+        let Some(bits) = &self.present else { return };
+        let page = PAGE_SIZE.load(Ordering::Relaxed) as u64;
+        let first = offset.div_ceil(page);
+        let end = offset.saturating_add(len) / page;
+        for p in first..end {
+            let Ok(p) = usize::try_from(p) else { break };
+            if let Some(w) = bits.get(p / 64) {
+                w.fetch_and(!(1 << (p % 64)), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether a fault was seen: the mapping may hold zero pages in place
@@ -292,7 +384,7 @@ mod tests {
         let mut file = tempfile();
         let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 31 + 7) as u8).collect();
         file.write_all(&data).unwrap();
-        let map = FileMap::new(&file, data.len() as u64).unwrap().unwrap();
+        let map = FileMap::new(&file, data.len() as u64, false).unwrap().unwrap();
         assert_eq!(read(&map, 100, 5000), (true, data[100..5100].to_vec()));
         std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 4090).unwrap();
         let (ok, bytes) = read(&map, 4090, 7);
@@ -310,7 +402,7 @@ mod tests {
     fn truncation_is_a_fault_not_a_crash() {
         let mut file = tempfile();
         file.write_all(&vec![0xa5u8; 4 * 4096]).unwrap();
-        let map = FileMap::new(&file, 4 * 4096).unwrap().unwrap();
+        let map = FileMap::new(&file, 4 * 4096, false).unwrap().unwrap();
         assert_eq!(read(&map, 8192, 16), (true, vec![0xa5; 16]));
         file.set_len(4096).unwrap();
         // The second page is now past the end of the file: SIGBUS, which
@@ -322,7 +414,7 @@ mod tests {
         assert!(!read(&map, 0, 16).0);
         // Another fault in the same mapping is handled too.
         let map = std::mem::ManuallyDrop::new(map);
-        let again = FileMap::new(&file, 4 * 4096).unwrap().unwrap();
+        let again = FileMap::new(&file, 4 * 4096, false).unwrap().unwrap();
         assert!(read(&again, 0, 16).0, "a new mapping of the same file is not broken");
         assert!(!read(&again, 3 * 4096, 8).0);
         drop(std::mem::ManuallyDrop::into_inner(map));
@@ -334,10 +426,32 @@ mod tests {
         file.write_all(&[1u8; 4096]).unwrap();
         // More than the slots, one after the other: each drop frees its slot.
         for _ in 0..3 * SLOTS {
-            let map = FileMap::new(&file, 4096).unwrap().unwrap();
+            let map = FileMap::new(&file, 4096, false).unwrap().unwrap();
             assert_eq!(read(&map, 0, 4), (true, vec![1; 4]));
         }
-        assert!(FileMap::new(&file, 0).unwrap().is_none());
+        assert!(FileMap::new(&file, 0, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn tracked_holes_are_not_read_through_the_mapping() {
+        let file = tempfile();
+        file.set_len(8 * 4096).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[9u8; 4096], 2 * 4096).unwrap();
+        let map = FileMap::new(&file, 8 * 4096, true).unwrap().unwrap();
+        assert!(map.is_present(2 * 4096 + 10, 100), "a page written before the mapping was made");
+        assert!(!map.is_present(0, 4096), "a hole");
+        assert!(!map.is_present(2 * 4096, 4097), "a range that reaches into a hole");
+        map.mark_present(5 * 4096 + 100, 10);
+        assert!(map.is_present(5 * 4096, 4096));
+        assert!(!map.is_present(5 * 4096, 4096 + 1));
+        // A discard forgets the pages it covers whole, and only those.
+        map.mark_hole(2 * 4096 + 1, 4096);
+        assert!(map.is_present(2 * 4096, 4096));
+        map.mark_hole(5 * 4096 - 1, 4096 + 2);
+        assert!(!map.is_present(5 * 4096, 1));
+        // Without tracking every range is read through the mapping.
+        let untracked = FileMap::new(&file, 8 * 4096, false).unwrap().unwrap();
+        assert!(untracked.is_present(0, 8 * 4096));
     }
 
     /// A SIGBUS outside our mappings still kills the process, as it would
@@ -347,7 +461,7 @@ mod tests {
         if std::env::var_os("RBLKBACK_FILEMAP_CHILD").is_some() {
             let mut file = tempfile();
             file.write_all(&[1u8; 8192]).unwrap();
-            let _ours = FileMap::new(&file, 8192).unwrap().unwrap();
+            let _ours = FileMap::new(&file, 8192, false).unwrap().unwrap();
             // A mapping of our own, not registered, beyond the file's end.
             // SAFETY: a new mapping of an open file, chosen by the kernel.
             let addr = unsafe { libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };

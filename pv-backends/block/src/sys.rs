@@ -1,5 +1,5 @@
 //! The crate's system calls that have no safe wrapper in `std`: block
-//! device ioctls, `fallocate`, `preadv`/`pwritev` on the frontend's pages
+//! device ioctls, `fallocate`, `fstatfs`, `preadv`/`pwritev` on the frontend's pages
 //! (the stop signal's are in `pv-backend-common`). Every `unsafe` of the
 //! backend outside [`crate::memgrant`] and [`crate::filemap`] (the image
 //! mapping and its `SIGBUS` handler) is here.
@@ -73,6 +73,18 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
             return Err(err);
         }
     }
+}
+
+/// Whether `file` lives on a tmpfs (`fstatfs`).
+pub(crate) fn is_tmpfs(file: &File) -> io::Result<bool> {
+    // SAFETY: a zeroed statfs is a valid value for the kernel to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one statfs through the pointer, which points
+    // to a live local of that type; the fd is open for the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fs.f_type == libc::TMPFS_MAGIC)
 }
 
 /// Most iovecs one `preadv`/`pwritev` call takes (`IOV_MAX`, `<limits.h>`
