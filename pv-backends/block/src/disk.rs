@@ -317,11 +317,11 @@ pub enum IoMode {
     Batched,
     /// One `preadv`/`pwritev` per request.
     Sync,
-    /// Reads copied from a read-only shared mapping of the file (no system
-    /// call per read; see [`crate::filemap`]), writes with `pwritev`: for
-    /// regular files read through the page cache. Reading a hole of a
-    /// sparse file this way gives it page cache (on tmpfs, memory), as a
-    /// write would.
+    /// Reads copied from a shared mapping of the file (no system call per
+    /// read; see [`crate::filemap`]), writes with `pwritev`, or on tmpfs
+    /// through the mapping too: for regular files read through the page
+    /// cache. On tmpfs, holes are read with `preadv` (a read fault would
+    /// allocate them).
     Mapped,
 }
 
@@ -412,7 +412,15 @@ impl RawDisk {
             }
             // On tmpfs only pages known to exist are read through the
             // mapping: a read fault on a hole would allocate a page.
-            IoMode::Mapped => match sys::is_tmpfs(&file).and_then(|tmpfs| FileMap::new(&file, size, tmpfs)) {
+            //
+            // Writes go through the mapping on tmpfs only: a page of a
+            // file system with writeback is write-protected again each
+            // time it is written back, so each page written through a
+            // mapping would cost a fault per writeback, where one pwritev
+            // takes a whole request.
+            IoMode::Mapped => match sys::is_tmpfs(&file)
+                .and_then(|tmpfs| FileMap::new(&file, size, tmpfs && !options.read_only, tmpfs))
+            {
                 Ok(map) => map,
                 Err(err) => {
                     log::warn!("{}: cannot map the image ({err}); reading with preadv", path.display());
@@ -450,7 +458,7 @@ impl RawDisk {
     }
 
     /// Whether reads are copied from a mapping of the file now (mapped
-    /// I/O, and no fault seen).
+    /// I/O, and no fault seen; on tmpfs, for pages known to exist).
     pub fn reads_mapped(&self) -> bool {
         self.map.as_ref().is_some_and(|map| !map.is_broken())
     }
@@ -467,10 +475,10 @@ impl RawDisk {
         }
     }
 
-    /// A read from the mapping saw it break (a fault).
+    /// A read or write through the mapping saw it break (a fault).
     fn map_broke(&self) {
         log::warn!(
-            "{}: a read from the image's mapping faulted (was the file truncated?); reading with preadv from now on",
+            "{}: an access to the image's mapping faulted (was the file truncated, or is its file system full?); using preadv/pwritev from now on",
             self.path.display()
         );
     }
@@ -542,6 +550,13 @@ impl Disk for RawDisk {
             return Err(DiskError::ReadOnly);
         }
         self.check(offset, buf.len() as u64)?;
+        if let Some(map) = self.live_map().filter(|map| map.is_writable()) {
+            if map.write_from_slice(offset, buf)? {
+                self.written(offset, buf.len() as u64);
+                return Ok(());
+            }
+            self.map_broke();
+        }
         self.file
             .write_all_at(buf, offset)
             .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })?;
@@ -583,6 +598,13 @@ impl Disk for RawDisk {
         self.check(offset, len)?;
         if !self.takes_directly(regions) {
             return bounce_write(self, offset, regions, bounce);
+        }
+        if let Some(map) = self.live_map().filter(|map| map.is_writable()) {
+            if map.write_from(offset, regions)? {
+                self.written(offset, len);
+                return Ok(());
+            }
+            self.map_broke();
         }
         sys::write_vectored_at(&self.file, offset, regions)
             .map_err(|source| DiskError::Io { op: "write", offset, len, source })?;
@@ -840,7 +862,7 @@ mod tests {
         let dir = Path::new("/dev/shm");
         assert!(dir.is_dir(), "this test needs a tmpfs at /dev/shm");
         let path = dir.join(format!("rblkback-disk-{}-sparse", std::process::id()));
-        let file = File::create(&path).unwrap();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         assert!(sys::is_tmpfs(&file).unwrap(), "/dev/shm is a tmpfs");
         file.set_len(64 << 20).unwrap();
         let disk = RawDisk::open(&path, RawDiskOptions::default()).unwrap();
@@ -862,6 +884,21 @@ mod tests {
         disk.read_at(8192, &mut out).unwrap();
         assert_eq!(out, [0u8; 512]);
         assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "the discard freed the page, no read took it back");
+
+        // Writes go through the mapping on tmpfs, and are in the file.
+        disk.write_at(3 << 20, b"mapped write").unwrap();
+        disk.flush().unwrap();
+        let mut out = [0u8; 12];
+        FileExt::read_exact_at(&file, &mut out, 3 << 20).unwrap();
+        assert_eq!(&out, b"mapped write");
+        // Truncated under us: the write that faults is made again with
+        // pwritev (which extends the file), and the mapping is left.
+        file.set_len(1 << 20).unwrap();
+        disk.write_at(5 << 20, b"after").unwrap();
+        assert!(!disk.reads_mapped());
+        let mut out = [0u8; 5];
+        FileExt::read_exact_at(&file, &mut out, 5 << 20).unwrap();
+        assert_eq!(&out, b"after");
         std::fs::remove_file(&path).unwrap();
     }
 }

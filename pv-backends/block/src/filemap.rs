@@ -1,6 +1,7 @@
-//! A read-only shared mapping of a raw image file, for reads with no
-//! system call: a request's data is copied from the file's page cache,
-//! through the mapping, straight into the frontend's granted pages.
+//! A shared mapping of a raw image file, for reads (and, on tmpfs,
+//! writes) with no system call: a request's data is copied from the
+//! file's page cache, through the mapping, straight into the frontend's
+//! granted pages, or the other way.
 //!
 //! A `preadv` costs a system call per request; in a PV dom0 each system
 //! call enters Xen on the way in and on the way out. The copy itself is
@@ -102,7 +103,8 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
             libc::mmap(
                 page as *mut libc::c_void,
                 PAGE_SIZE.load(Ordering::Relaxed),
-                libc::PROT_READ,
+                // Writable too: the faulting access may be a write.
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                 -1,
                 0,
@@ -174,6 +176,8 @@ pub(crate) struct FileMap {
     len: usize,
     /// Our entry in `STARTS`, `LENS` and `BROKEN`.
     slot: usize,
+    /// Mapped for writing too.
+    writable: bool,
     /// One bit per page of the file known to exist (not a hole), when
     /// holes are tracked (tmpfs).
     present: Option<Box<[AtomicU64]>>,
@@ -186,11 +190,11 @@ unsafe impl Send for FileMap {}
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
-    /// Maps the first `len` bytes of `file` (open for reading). `None`
-    /// when there is nothing to map or every slot is taken. With
-    /// `track_holes`, only pages known to exist are read from the mapping
-    /// (see the module documentation).
-    pub(crate) fn new(file: &File, len: u64, track_holes: bool) -> io::Result<Option<Self>> {
+    /// Maps the first `len` bytes of `file` (open for reading, and for
+    /// writing if `writable`). `None` when there is nothing to map or
+    /// every slot is taken. With `track_holes`, only pages known to exist
+    /// are read from the mapping (see the module documentation).
+    pub(crate) fn new(file: &File, len: u64, writable: bool, track_holes: bool) -> io::Result<Option<Self>> {
         let Ok(len) = usize::try_from(len) else { return Ok(None) };
         if len == 0 {
             return Ok(None);
@@ -199,7 +203,8 @@ impl FileMap {
         // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED), of an
         // open file; it touches no existing memory.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0)
         };
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
@@ -217,7 +222,7 @@ impl FileMap {
             unsafe { libc::munmap(addr, len) };
             return Ok(None);
         };
-        let mut map = FileMap { base, len, slot, present: None };
+        let mut map = FileMap { base, len, slot, writable, present: None };
         if track_holes {
             map.present = Some(map.resident_pages()?);
         }
@@ -309,21 +314,57 @@ impl FileMap {
         if self.is_broken() {
             return Ok(false);
         }
-        let at = usize::try_from(offset).map_err(|_| SharedMemoryError::OutOfBounds {
-            offset: usize::MAX,
-            len: buf.len(),
-            size: self.len,
-        })?;
-        self.file().read(at, buf)?;
+        self.file().read(self.at(offset, buf.len())?, buf)?;
         // As in read_into.
         Ok(!self.is_broken())
     }
 
     /// The mapping, as shared memory: the file may change under us.
     fn file(&self) -> SharedMemory<'_> {
-        // SAFETY: base..base+len is our mapping, readable until drop, and
-        // only ever read through this accessor's volatile copies.
-        unsafe { SharedMemory::new(self.base, self.len, false) }
+        // SAFETY: base..base+len is our mapping, readable (and writable if
+        // `writable`) until drop, and only ever accessed through this
+        // accessor's volatile copies.
+        unsafe { SharedMemory::new(self.base, self.len, self.writable) }
+    }
+
+    /// Whether the mapping takes writes.
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Copies `buf` into the file at `offset`; as
+    /// [`write_from`](Self::write_from).
+    pub(crate) fn write_from_slice(&self, offset: u64, buf: &[u8]) -> Result<bool, SharedMemoryError> {
+        if self.is_broken() {
+            return Ok(false);
+        }
+        self.file().write(self.at(offset, buf.len())?, buf)?;
+        Ok(!self.is_broken())
+    }
+
+    /// Copies `regions`, in order, into the file from `offset`.
+    /// `Ok(true)`: done, as a `pwritev` would have (the data is in the page
+    /// cache, dirty); `Ok(false)`: the mapping is broken (a fault, now or
+    /// before; some of the data may have gone to replaced pages, not the
+    /// file): write again another way. Refused if the mapping is not
+    /// writable.
+    pub(crate) fn write_from(&self, offset: u64, regions: &[SharedMemory<'_>]) -> Result<bool, SharedMemoryError> {
+        if self.is_broken() {
+            return Ok(false);
+        }
+        let file = self.file();
+        let mut at = self.at(offset, 0)?;
+        for region in regions {
+            file.copy_from(at, region, 0, region.len())?;
+            at += region.len();
+        }
+        // As in read_into.
+        Ok(!self.is_broken())
+    }
+
+    /// `offset` as an offset into the mapping.
+    fn at(&self, offset: u64, len: usize) -> Result<usize, SharedMemoryError> {
+        usize::try_from(offset).map_err(|_| SharedMemoryError::OutOfBounds { offset: usize::MAX, len, size: self.len })
     }
 
     /// Copies the file's bytes from `offset` into `regions`, in order.
@@ -336,11 +377,7 @@ impl FileMap {
             return Ok(false);
         }
         let file = self.file();
-        let mut at = usize::try_from(offset).map_err(|_| SharedMemoryError::OutOfBounds {
-            offset: usize::MAX,
-            len: 0,
-            size: self.len,
-        })?;
+        let mut at = self.at(offset, 0)?;
         for region in regions {
             region.copy_from(0, &file, at, region.len())?;
             at += region.len();
@@ -384,7 +421,7 @@ mod tests {
         let mut file = tempfile();
         let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 31 + 7) as u8).collect();
         file.write_all(&data).unwrap();
-        let map = FileMap::new(&file, data.len() as u64, false).unwrap().unwrap();
+        let map = FileMap::new(&file, data.len() as u64, false, false).unwrap().unwrap();
         assert_eq!(read(&map, 100, 5000), (true, data[100..5100].to_vec()));
         std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 4090).unwrap();
         let (ok, bytes) = read(&map, 4090, 7);
@@ -402,7 +439,7 @@ mod tests {
     fn truncation_is_a_fault_not_a_crash() {
         let mut file = tempfile();
         file.write_all(&vec![0xa5u8; 4 * 4096]).unwrap();
-        let map = FileMap::new(&file, 4 * 4096, false).unwrap().unwrap();
+        let map = FileMap::new(&file, 4 * 4096, false, false).unwrap().unwrap();
         assert_eq!(read(&map, 8192, 16), (true, vec![0xa5; 16]));
         file.set_len(4096).unwrap();
         // The second page is now past the end of the file: SIGBUS, which
@@ -414,7 +451,7 @@ mod tests {
         assert!(!read(&map, 0, 16).0);
         // Another fault in the same mapping is handled too.
         let map = std::mem::ManuallyDrop::new(map);
-        let again = FileMap::new(&file, 4 * 4096, false).unwrap().unwrap();
+        let again = FileMap::new(&file, 4 * 4096, false, false).unwrap().unwrap();
         assert!(read(&again, 0, 16).0, "a new mapping of the same file is not broken");
         assert!(!read(&again, 3 * 4096, 8).0);
         drop(std::mem::ManuallyDrop::into_inner(map));
@@ -426,10 +463,38 @@ mod tests {
         file.write_all(&[1u8; 4096]).unwrap();
         // More than the slots, one after the other: each drop frees its slot.
         for _ in 0..3 * SLOTS {
-            let map = FileMap::new(&file, 4096, false).unwrap().unwrap();
+            let map = FileMap::new(&file, 4096, false, false).unwrap().unwrap();
             assert_eq!(read(&map, 0, 4), (true, vec![1; 4]));
         }
-        assert!(FileMap::new(&file, 0, false).unwrap().is_none());
+        assert!(FileMap::new(&file, 0, false, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn writes_reach_the_file_and_a_fault_is_reported() {
+        let file = tempfile();
+        file.set_len(4 * 4096).unwrap();
+        let map = FileMap::new(&file, 4 * 4096, true, false).unwrap().unwrap();
+        assert!(map.is_writable());
+        assert!(map.write_from_slice(4090, b"through the map").unwrap());
+        let mut page = vec![0u64; 512];
+        region(&mut page).write(0, &[0x5a; 4096]).unwrap();
+        assert!(map.write_from(2 * 4096, &[region(&mut page).subregion(0, 1000).unwrap()]).unwrap());
+        let mut out = [0u8; 15];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut out, 4090).unwrap();
+        assert_eq!(&out, b"through the map");
+        let mut out = vec![0u8; 1001];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut out, 2 * 4096).unwrap();
+        assert!(out[..1000].iter().all(|&b| b == 0x5a) && out[1000] == 0);
+        // Past the mapping: refused, nothing written.
+        assert!(map.write_from_slice(4 * 4096 - 2, b"abc").is_err());
+        // A read-only mapping refuses writes.
+        let read_only = FileMap::new(&file, 4 * 4096, false, false).unwrap().unwrap();
+        assert!(read_only.write_from_slice(0, b"x").is_err());
+        // Truncated under us: the write faults, is reported, no crash.
+        file.set_len(4096).unwrap();
+        assert!(!map.write_from_slice(3 * 4096, b"lost").unwrap());
+        assert!(map.is_broken());
+        assert_eq!(file.metadata().unwrap().len(), 4096, "nothing reached the file");
     }
 
     #[test]
@@ -437,7 +502,7 @@ mod tests {
         let file = tempfile();
         file.set_len(8 * 4096).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&file, &[9u8; 4096], 2 * 4096).unwrap();
-        let map = FileMap::new(&file, 8 * 4096, true).unwrap().unwrap();
+        let map = FileMap::new(&file, 8 * 4096, false, true).unwrap().unwrap();
         assert!(map.is_present(2 * 4096 + 10, 100), "a page written before the mapping was made");
         assert!(!map.is_present(0, 4096), "a hole");
         assert!(!map.is_present(2 * 4096, 4097), "a range that reaches into a hole");
@@ -450,7 +515,7 @@ mod tests {
         map.mark_hole(5 * 4096 - 1, 4096 + 2);
         assert!(!map.is_present(5 * 4096, 1));
         // Without tracking every range is read through the mapping.
-        let untracked = FileMap::new(&file, 8 * 4096, false).unwrap().unwrap();
+        let untracked = FileMap::new(&file, 8 * 4096, false, false).unwrap().unwrap();
         assert!(untracked.is_present(0, 8 * 4096));
     }
 
@@ -461,7 +526,7 @@ mod tests {
         if std::env::var_os("RBLKBACK_FILEMAP_CHILD").is_some() {
             let mut file = tempfile();
             file.write_all(&[1u8; 8192]).unwrap();
-            let _ours = FileMap::new(&file, 8192, false).unwrap().unwrap();
+            let _ours = FileMap::new(&file, 8192, false, false).unwrap().unwrap();
             // A mapping of our own, not registered, beyond the file's end.
             // SAFETY: a new mapping of an open file, chosen by the kernel.
             let addr = unsafe { libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };

@@ -39,8 +39,9 @@ enum IoArg {
     Uring,
     /// One preadv/pwritev per request.
     Sync,
-    /// Reads copied from a read-only mapping of the image file, with no
-    /// system call; writes with pwritev (buffered files only).
+    /// Reads copied from a shared mapping of the image file, with no
+    /// system call; writes with pwritev, or on tmpfs through the mapping
+    /// too (buffered files only).
     Mmap,
 }
 
