@@ -57,6 +57,18 @@ done
 dmesg | grep -E 'xen_blkfront_rs|: [0-9]+ sectors of' | sed 's/^/RXEN-GK dmesg /'
 # The Rust driver's disk hangs under its xenbus device.
 [ -e /sys/bus/xen/drivers/vbd_rs/vbd-51728 ] && echo "RXEN-GK parent xvdb $(readlink /sys/block/xvdb/device)"
+# Its completion interrupts come to the CPU that submitted the requests:
+# the Rust driver's interrupts per CPU (all its disks; only xvdb is busy)
+# before and after 300 reads from each CPU in turn.
+if [ -e /sys/bus/xen/drivers/vbd_rs/vbd-51728 ]; then
+    for cpu in 0 1; do
+        a=$(grep ' blkif-rs$' /proc/interrupts | awk '{c0 += $2; c1 += $3} END {print c0 + 0, c1 + 0}')
+        fio --name=irq --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=psync \
+            --size=16M --number_ios=300 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
+        b=$(grep ' blkif-rs$' /proc/interrupts | awk '{c0 += $2; c1 += $3} END {print c0 + 0, c1 + 0}')
+        echo "RXEN-GK irq-cpu $cpu $a $b"
+    done
+fi
 "#;
 
 /// Detach and re-attach (`rxen_reattach=NAME`): the guest records the
@@ -283,6 +295,23 @@ fn rust_blkfront(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         rust_gk.iter().any(|l| l.starts_with("parent xvdb ") && l.ends_with("/vbd-51728")),
         format!("/sys/block/xvdb/device is the xenbus device vbd-51728: {rust_gk:?}"),
     )?;
+    // Each queue's interrupt is on a CPU that submits to it: 300 reads
+    // from one vCPU, then the other, are answered by interrupts on that
+    // vCPU (left where Xen puts them, they may come to the other, which
+    // then has to send the submitter an IPI).
+    for cpu in [0usize, 1] {
+        let counts: Vec<i64> = rust_gk
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("irq-cpu {cpu} ")))
+            .map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        ensure(counts.len() == 4, format!("interrupt counts around reads from vCPU {cpu}: {rust_gk:?}"))?;
+        let (here, there) = (counts[2 + cpu] - counts[cpu], counts[3 - cpu] - counts[1 - cpu]);
+        ensure(
+            here >= 250 && there <= here / 10,
+            format!("300 reads from vCPU {cpu}: {here} interrupts there, {there} on the other vCPU"),
+        )?;
+    }
     // Detach and re-attach: the data the check wrote, after fstrim, detach
     // and attach.
     let written = rust_blk
