@@ -97,8 +97,10 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
         // SAFETY: MAP_FIXED over one page of a mapping this module made
         // and still owns (registered): it replaces the file's page with a
         // zero-filled anonymous one, no other memory is affected. The
-        // faulting copy then completes with zeroes; `read_into` sees the
-        // mapping broken and discards its result.
+        // faulting copy then completes (reading zeroes, or writing to a
+        // page that is not the file's); `read_into` or `write_from` sees
+        // the mapping broken and the caller does the copy again another
+        // way.
         let mapped = unsafe {
             libc::mmap(
                 page as *mut libc::c_void,
@@ -169,7 +171,8 @@ fn install_handler() -> io::Result<()> {
     result.map_err(io::Error::from_raw_os_error)
 }
 
-/// A read-only shared mapping of the first `len` bytes of a file.
+/// A shared mapping of the first `len` bytes of a file (read-only, or
+/// read-write for writes through it).
 #[derive(Debug)]
 pub(crate) struct FileMap {
     base: NonNull<u8>,
@@ -183,7 +186,7 @@ pub(crate) struct FileMap {
     present: Option<Box<[AtomicU64]>>,
 }
 
-// SAFETY: the mapping is only read, through `SharedMemory` (volatile
+// SAFETY: the mapping is only accessed through `SharedMemory` (volatile
 // copies), from any thread; it lives until drop.
 unsafe impl Send for FileMap {}
 // SAFETY: as above.
