@@ -354,7 +354,7 @@ pub struct RawDisk {
     /// Whether reads and writes go through [`Disk::direct_fd`] (batched,
     /// io_uring) rather than one `preadv`/`pwritev` each.
     batched_io: bool,
-    /// The file mapped for reads ([`IoMode::Mapped`]).
+    /// The file mapped for reads, and on tmpfs writes ([`IoMode::Mapped`]).
     map: Option<FileMap>,
 }
 
@@ -463,9 +463,25 @@ impl RawDisk {
         self.map.as_ref().is_some_and(|map| !map.is_broken())
     }
 
-    /// The mapping to read from, if any and not broken.
-    fn live_map(&self) -> Option<&FileMap> {
-        self.map.as_ref().filter(|map| !map.is_broken())
+    /// Makes a copy through the mapping with `copy`, if there is one, not
+    /// broken, that `usable` accepts for it. True when done; false when
+    /// the file descriptor must do it (no such mapping, or it broke now).
+    fn try_mapped(
+        &self,
+        usable: impl FnOnce(&FileMap) -> bool,
+        copy: impl FnOnce(&FileMap) -> Result<bool, SharedMemoryError>,
+    ) -> Result<bool, DiskError> {
+        let Some(map) = self.map.as_ref().filter(|map| !map.is_broken() && usable(map)) else {
+            return Ok(false);
+        };
+        if copy(map)? {
+            return Ok(true);
+        }
+        log::warn!(
+            "{}: an access to the image's mapping faulted (was the file truncated, or is its file system full?); using preadv/pwritev from now on",
+            self.path.display()
+        );
+        Ok(false)
     }
 
     /// `len` bytes at `offset` were written: their pages exist now.
@@ -473,14 +489,6 @@ impl RawDisk {
         if let Some(map) = &self.map {
             map.mark_present(offset, len);
         }
-    }
-
-    /// A read or write through the mapping saw it break (a fault).
-    fn map_broke(&self) {
-        log::warn!(
-            "{}: an access to the image's mapping faulted (was the file truncated, or is its file system full?); using preadv/pwritev from now on",
-            self.path.display()
-        );
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<(), DiskError> {
@@ -534,11 +542,9 @@ impl Disk for RawDisk {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(offset, buf.len() as u64)?;
-        if let Some(map) = self.live_map().filter(|map| map.is_present(offset, buf.len() as u64)) {
-            if map.read_to_slice(offset, buf)? {
-                return Ok(());
-            }
-            self.map_broke();
+        let len = buf.len() as u64;
+        if self.try_mapped(|map| map.is_present(offset, len), |map| map.read_to_slice(offset, buf))? {
+            return Ok(());
         }
         self.file
             .read_exact_at(buf, offset)
@@ -550,16 +556,11 @@ impl Disk for RawDisk {
             return Err(DiskError::ReadOnly);
         }
         self.check(offset, buf.len() as u64)?;
-        if let Some(map) = self.live_map().filter(|map| map.is_writable()) {
-            if map.write_from_slice(offset, buf)? {
-                self.written(offset, buf.len() as u64);
-                return Ok(());
-            }
-            self.map_broke();
+        if !self.try_mapped(FileMap::is_writable, |map| map.write_from_slice(offset, buf))? {
+            self.file
+                .write_all_at(buf, offset)
+                .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })?;
         }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|source| DiskError::Io { op: "write", offset, len: buf.len() as u64, source })?;
         self.written(offset, buf.len() as u64);
         Ok(())
     }
@@ -575,11 +576,8 @@ impl Disk for RawDisk {
         if !self.takes_directly(regions) {
             return bounce_read(self, offset, regions, bounce);
         }
-        if let Some(map) = self.live_map().filter(|map| map.is_present(offset, len)) {
-            if map.read_into(offset, regions)? {
-                return Ok(());
-            }
-            self.map_broke();
+        if self.try_mapped(|map| map.is_present(offset, len), |map| map.read_into(offset, regions))? {
+            return Ok(());
         }
         sys::read_vectored_at(&self.file, offset, regions)
             .map_err(|source| DiskError::Io { op: "read", offset, len, source })
@@ -599,15 +597,10 @@ impl Disk for RawDisk {
         if !self.takes_directly(regions) {
             return bounce_write(self, offset, regions, bounce);
         }
-        if let Some(map) = self.live_map().filter(|map| map.is_writable()) {
-            if map.write_from(offset, regions)? {
-                self.written(offset, len);
-                return Ok(());
-            }
-            self.map_broke();
+        if !self.try_mapped(FileMap::is_writable, |map| map.write_from(offset, regions))? {
+            sys::write_vectored_at(&self.file, offset, regions)
+                .map_err(|source| DiskError::Io { op: "write", offset, len, source })?;
         }
-        sys::write_vectored_at(&self.file, offset, regions)
-            .map_err(|source| DiskError::Io { op: "write", offset, len, source })?;
         self.written(offset, len);
         Ok(())
     }
