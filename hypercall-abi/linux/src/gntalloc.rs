@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 
-use hypercall_abi::platform::{GrantError, GrantShare, SharedGrants, SharedMemory};
+use hypercall_abi::platform::{CopyMemory, GrantError, GrantShare, SharedGrants, SharedMemory};
 use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 
 use crate::error::{open_device, OpenError};
@@ -100,6 +100,59 @@ impl LinuxGntalloc {
             log::warn!("gntalloc: releasing offset {index:#x} from the fd failed: {e}; grants stay until it closes");
         }
         Ok(LinuxSharedGrants { map: result?, refs, domid })
+    }
+}
+
+impl LinuxGntalloc {
+    /// `count` zeroed pages granted, writable, to this domain itself
+    /// (`own`), for grant copies that name them by reference on the local
+    /// side: see [`SelfGrantedBuffer`]. Fails as [`GrantShare::share`]
+    /// does, e.g. past gntalloc's limit on grants (its `limit` parameter,
+    /// 1024 pages by default, for all its users together).
+    pub fn self_granted(&self, own: DomId, count: usize) -> Result<SelfGrantedBuffer, GrantError> {
+        let shared = self.share_with_notify(own, count, true, None)?;
+        Ok(SelfGrantedBuffer { map: shared.map, refs: shared.refs, own })
+    }
+}
+
+/// Pages this domain granted to itself, mapped once in this process.
+///
+/// A grant copy that names its local end by one of these references
+/// (`GNTCOPY_*_gref` on both ends, with the own domain) leaves Linux's
+/// gntdev nothing to pin: a local end given by address costs a
+/// `get_user_pages_fast` per segment, 2.5 times the whole copy of 16
+/// pages under emulation. No other domain holds a grant of them, so unlike
+/// [`LinuxSharedGrants`] they are this process's plain memory, seen as a
+/// slice; Xen writes them only inside a copy this process asks for, while
+/// [`CopyMemory::bytes_mut`]'s borrow rules out any other reference.
+#[derive(Debug)]
+pub struct SelfGrantedBuffer {
+    map: DeviceMapping,
+    refs: Vec<GrantRef>,
+    own: DomId,
+}
+
+impl CopyMemory for SelfGrantedBuffer {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `map` is a live, readable mapping of `len()` bytes owned
+        // by `self` (page-aligned, non-null as non-empty: `share_with_notify`
+        // refuses zero pages). Only this domain is granted the pages and
+        // only this mapping maps them in this process; Xen writes them
+        // only in a copy asked for through `bytes_mut`'s exclusive borrow,
+        // which cannot overlap this shared one.
+        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr(), self.map.len()) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        debug_assert!(self.map.is_writable());
+        // SAFETY: as in `bytes`; the mapping is writable (PROT_WRITE, as
+        // `self_granted` shares writable), and `&mut self` makes this the
+        // only reference into it for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
+    }
+
+    fn own_grants(&self) -> Option<(DomId, &[GrantRef])> {
+        Some((self.own, &self.refs))
     }
 }
 

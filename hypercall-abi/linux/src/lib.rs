@@ -34,7 +34,7 @@ pub mod xenstore;
 
 pub use error::OpenError;
 pub use evtchn::LinuxEvtchn;
-pub use gntalloc::{LinuxGntalloc, LinuxSharedGrants, UnmapNotify};
+pub use gntalloc::{LinuxGntalloc, LinuxSharedGrants, SelfGrantedBuffer, UnmapNotify};
 pub use gntdev::{LinuxGntdev, LinuxMappedGrants};
 pub use privcmd::{ConsoleChunk, ForeignMapping, HypercallBuffer, Privcmd, PrivcmdError, VcpuAffinity};
 pub use xenfs::{LocalStoreRing, XenfsError};

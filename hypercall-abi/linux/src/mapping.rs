@@ -36,6 +36,16 @@ impl DeviceMapping {
         self.map.as_mut_ptr() as u64
     }
 
+    /// The start address.
+    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Whether it was mapped writable.
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable
+    }
+
     /// The length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

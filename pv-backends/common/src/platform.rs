@@ -5,10 +5,10 @@
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use hypercall_abi::platform::{EventChannels, GrantMap, Xenstore};
+use hypercall_abi::platform::{CopyMemory, EventChannels, GrantMap, Xenstore};
 use hypercall_abi::xen::DomId;
 use hypercall_abi::xenstore::{XsClient, XsStream};
-use xen_linux::{LinuxEvtchn, LinuxGntdev};
+use xen_linux::{LinuxEvtchn, LinuxGntalloc, LinuxGntdev};
 use xen_loopback::{LoopbackDomain, LoopbackEventChannels, LoopbackGrantMap};
 
 /// Why a platform handle could not be opened.
@@ -44,6 +44,15 @@ pub trait Platform: Send + Sync + 'static {
     fn event_channels(&self) -> Result<Self::Evtchn, PlatformError>;
     /// Connects to xenstore.
     fn xenstore(&self) -> Result<Self::Store, PlatformError>;
+
+    /// Zeroed memory of `bytes` (rounded up to whole pages) for grant
+    /// copies to and from frontends: pages granted to the own domain `own`
+    /// where the platform can, so that copies name them by reference
+    /// ([`CopyMemory`]); plain memory otherwise.
+    fn copy_memory(&self, own: DomId, bytes: usize) -> Box<dyn CopyMemory> {
+        let _ = own;
+        Box::new(vec![0u8; bytes])
+    }
 }
 
 /// Xen, through `/dev/xen/gntdev`, `/dev/xen/evtchn` and xenstored's socket
@@ -66,6 +75,20 @@ impl Platform for XenPlatform {
 
     fn xenstore(&self) -> Result<Self::Store, PlatformError> {
         xen_linux::xenstore::open().map_err(|e| PlatformError::new("xenstore connection", e))
+    }
+
+    /// Pages from `/dev/xen/gntalloc` granted to `own` itself; plain memory
+    /// if that fails (no gntalloc, or its limit on grants reached), which
+    /// works the same at a higher cost per copy.
+    fn copy_memory(&self, own: DomId, bytes: usize) -> Box<dyn CopyMemory> {
+        let pages = bytes.div_ceil(hypercall_abi::xen::PAGE_SIZE);
+        match LinuxGntalloc::open().map_err(|e| e.to_string()).and_then(|alloc| alloc.self_granted(own, pages).map_err(|e| e.to_string())) {
+            Ok(buffer) => Box::new(buffer),
+            Err(e) => {
+                log::info!("copy buffer of {pages} pages: cannot grant them to domain {own} ({e}); using plain memory (each copy then pins its pages)");
+                Box::new(vec![0u8; pages * hypercall_abi::xen::PAGE_SIZE])
+            }
+        }
     }
 }
 

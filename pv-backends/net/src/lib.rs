@@ -17,7 +17,8 @@
 //! | module | what |
 //! |---|---|
 //! | [`xenbus`] | the handshake with the frontend; [`Backend`] runs a device |
-//! | [`queue`] | one queue's rings, TAP queue and thread |
+//! | [`queue`] | one queue's rings, TAP queue and threads |
+//! | [`copy`] | grant copies between frontend pages and the backend's buffers |
 //! | [`tx`] | packets from the frontend: validation, grant copy out |
 //! | [`rx`] | frames for the frontend: slots, grant copy in, responses |
 //! | [`offload`] | checksum and GSO metadata between netif and virtio-net |
@@ -25,11 +26,14 @@
 //! | [`memgrant`] | an in-process grant table for tests and fuzzing |
 //!
 //! Data moves by grant copy only (as netback's receive side and the
-//! headers of its transmit side do), one batch per packet: the frontend's
-//! pages are never mapped, only its two ring pages per queue.
+//! headers of its transmit side do), one batch per round of packets, into
+//! and out of pages the backend granted to its own domain where the
+//! platform can (so that the kernel pins no page per copy): the
+//! frontend's pages are never mapped, only its two ring pages per queue.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod copy;
 pub mod memgrant;
 pub mod offload;
 pub use pv_backend_common::platform;

@@ -37,6 +37,8 @@ struct Page {
 pub struct MemGrantTable {
     domid: DomId,
     pages: Mutex<HashMap<GrantRef, Page>>,
+    /// Calls of [`GrantMap::copy`] (batches, as a platform submits them).
+    batches: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for MemGrantTable {
@@ -53,7 +55,13 @@ impl MemGrantTable {
         MemGrantTable {
             domid,
             pages: Mutex::new(HashMap::new()),
+            batches: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// How many batches of copies were submitted.
+    pub fn copy_batches(&self) -> usize {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn pages(&self) -> std::sync::MutexGuard<'_, HashMap<GrantRef, Page>> {
@@ -181,6 +189,8 @@ impl GrantMap for MemGrantTable {
     }
 
     fn copy(&self, ops: &mut [GrantCopyOp<'_>]) -> Result<(), GrantError> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pages = self.pages();
         for op in ops.iter_mut() {
             op.status = self.copy_one(&mut pages, op);

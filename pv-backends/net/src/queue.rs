@@ -25,17 +25,17 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hypercall_abi::platform::{EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
+use hypercall_abi::platform::{CopyMemory, EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
 use hypercall_abi::ring::{RingError, SringIndex};
 use hypercall_abi::xen::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY};
-use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef};
+use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use rxen_tap::{Tap, VirtioNetHdr, VNET_HDR_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::offload::{tx_vnet_hdr, RxFeatures};
 use crate::rx::{self, RxError, RxPlan, RxRing};
 use crate::stats::Stats;
-use crate::tx::{self, TxRing, TxVerdict};
+use crate::tx::{self, TxPacket, TxRing, TxVerdict};
 use pv_backend_common::StopSignal;
 
 /// How long a queue sleeps after its event channel woke it with nothing
@@ -47,6 +47,11 @@ const SPURIOUS_WAKEUP_BACKOFF: Duration = Duration::from_millis(10);
 const RX_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Frames moved from the TAP per round, so that transmit is not starved.
 const RX_BATCH: usize = 64;
+/// Bytes of frames read from the TAP and copied to the frontend together
+/// (room for 7 of the largest), and of packets copied out of the
+/// frontend's pages together: 128 pages each, so that two queues' buffers
+/// take a quarter of gntalloc's default limit of 1024 grants.
+pub const BATCH_BYTES: usize = 128 * PAGE_SIZE;
 
 /// How long a packet whose first slots are published may wait for the
 /// rest before the frontend is treated as malicious
@@ -143,6 +148,10 @@ pub struct Queue<G: GrantMap, E: EventChannels> {
     tx_map: G::Mapped,
     rx_map: G::Mapped,
     evtchn: E,
+    /// The handle the receive port is bound on, with split event
+    /// channels: the receive ring then has a thread of its own, as
+    /// netback's guest-rx thread beside its transmit NAPI.
+    rx_evtchn: Option<E>,
     tx_port: EvtchnPort,
     rx_port: EvtchnPort,
 }
@@ -175,6 +184,21 @@ pub struct QueueIo<G> {
     pub disabled: Arc<AtomicBool>,
 }
 
+impl<G> QueueIo<G> {
+    /// The same, with a TAP fd of its own, for a second thread.
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(QueueIo {
+            grants: Arc::clone(&self.grants),
+            frontend: self.frontend,
+            tap: self.tap.try_clone().map_err(std::io::Error::other)?,
+            features: self.features,
+            rx_notify: self.rx_notify,
+            stats: Arc::clone(&self.stats),
+            disabled: Arc::clone(&self.disabled),
+        })
+    }
+}
+
 impl<G> std::fmt::Debug for QueueIo<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueIo")
@@ -186,12 +210,15 @@ impl<G> std::fmt::Debug for QueueIo<G> {
 
 impl<G: GrantMap, E: EventChannels> Queue<G, E> {
     /// Maps the rings of domain `frontend` and binds its event channel(s)
-    /// through `evtchn`, a handle of this queue's own. Refuses rings whose
+    /// through `evtchn`, a handle of this queue's own, and the receive
+    /// channel of split event channels through `rx_evtchn` if given (then
+    /// each ring is served by a thread of its own). Refuses rings whose
     /// indices already claim more requests than they hold.
     pub fn connect(
         index: u32,
         grants: &G,
         evtchn: E,
+        rx_evtchn: Option<E>,
         frontend: DomId,
         rings: &QueueRings,
     ) -> Result<Self, QueueError> {
@@ -229,24 +256,26 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                 .unconsumed_requests()
                 .map_err(rx_error)?;
         }
-        let bind = |port| {
-            evtchn
+        let bind = |handle: &E, port| {
+            handle
                 .bind_interdomain(frontend, port)
                 .map_err(|source| QueueError::Evtchn {
                     queue: index,
                     source,
                 })
         };
-        let tx_port = bind(rings.tx_evtchn)?;
-        let rx_port = match rings.rx_evtchn {
-            Some(port) => bind(port)?,
-            None => tx_port,
+        let tx_port = bind(&evtchn, rings.tx_evtchn)?;
+        let (rx_port, rx_evtchn) = match (rings.rx_evtchn, rx_evtchn) {
+            (Some(port), Some(handle)) => (bind(&handle, port)?, Some(handle)),
+            (Some(port), None) => (bind(&evtchn, port)?, None),
+            (None, _) => (tx_port, None),
         };
         Ok(Queue {
             index,
             tx_map,
             rx_map,
             evtchn,
+            rx_evtchn,
             tx_port,
             rx_port,
         })
@@ -258,237 +287,438 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         (self.tx_port, self.rx_port)
     }
 
-    /// Serves the queue until `stop`.
-    pub fn run(self, io: QueueIo<G>, stop: &StopSignal) -> Result<(), QueueError> {
-        let queue = self.index;
-        let evtchn_error = |source| QueueError::Evtchn { queue, source };
-        let tx_mem = self.tx_map.memory();
-        let rx_mem = self.rx_map.memory();
-        let tx_ring = tx_mem.ring_mem().and_then(TxRing::new);
-        let mut tx = tx_ring.map_err(|source| QueueError::Ring {
-            queue,
-            ring: "tx",
-            source,
-        })?;
-        let rx_ring = rx_mem.ring_mem().and_then(RxRing::new);
-        let mut rx = rx_ring.map_err(|source| QueueError::Ring {
-            queue,
-            ring: "rx",
-            source,
-        })?;
-        log::debug!(
-            "queue {queue}: serving {}-slot rings on ports {}/{} with TAP {}",
-            tx.size(),
-            self.tx_port,
-            self.rx_port,
-            io.tap.name()
-        );
-        // Zeroed once: each packet's copies overwrite the bytes it uses.
-        let mut tx_buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
-        let mut rx_buf = vec![0u8; MAX_FRAME];
-        let mut pending: Option<(usize, RxPlan)> = None;
-        // Since when the packet at the head of the tx ring has been
-        // incomplete, and at which ring index.
-        let mut incomplete: Option<(Instant, u32)> = None;
-        loop {
-            if stop.is_stopped() {
-                return Ok(());
-            }
-            if io.disabled.load(Ordering::Acquire) {
-                park(queue, stop);
-                return Ok(());
-            }
-            let mut busy = false;
+}
 
-            // Transmit: at most a ring's worth of packets per round.
-            let mut responded = false;
-            let mut tx_waiting = false;
-            for _ in 0..tx.size() {
-                let verdict = match tx::next_packet(&mut tx) {
-                    Ok(Some(verdict)) => verdict,
-                    Ok(None) => break,
-                    Err(e) => {
-                        disable(queue, &io, stop, &e);
-                        return Ok(());
-                    }
-                };
-                if let TxVerdict::Incomplete(part) = &verdict {
-                    match incomplete {
-                        Some((since, start)) if start == part.start => {
-                            if since.elapsed() >= INCOMPLETE_TIMEOUT {
-                                let error = tx::TxError::MissingSlots(1);
-                                log::error!("queue {queue}: tx: {part}");
-                                disable(queue, &io, stop, &error);
-                                return Ok(());
-                            }
-                        }
-                        _ => {
-                            log::warn!("queue {queue}: tx: waiting for the rest: {part}");
-                            incomplete = Some((Instant::now(), part.start));
-                        }
-                    }
-                    tx_waiting = true;
-                    break;
+/// The transmit ring as one thread serves it.
+struct TxSide<'a> {
+    ring: TxRing<'a>,
+    port: EvtchnPort,
+    batch: TxBatch,
+    /// Since when the packet at the head of the ring has been incomplete,
+    /// and at which ring index.
+    incomplete: Option<(Instant, u32)>,
+}
+
+/// The receive ring as one thread serves it.
+struct RxSide<'a> {
+    ring: RxRing<'a>,
+    port: EvtchnPort,
+    /// Frames read from the TAP, one after another (each frame's data
+    /// page-aligned, see [`rx_frame_start`]), until copied.
+    buf: Box<dyn CopyMemory>,
+    /// A frame (length with its header, plan) at the first frame start of
+    /// `buf` that waits for receive requests.
+    pending: Option<(usize, RxPlan)>,
+}
+
+/// Where a frame read after `used` bytes of the receive buffer starts:
+/// so that its data (after the header) starts a page, and each page of
+/// it is one segment of the copy to the frontend.
+fn rx_frame_start(used: usize) -> usize {
+    (used + VNET_HDR_LEN).next_multiple_of(PAGE_SIZE) - VNET_HDR_LEN
+}
+
+/// The buffers a queue copies through: [`BATCH_BYTES`] each, from
+/// [`crate::platform::Platform::copy_memory`].
+pub struct QueueBuffers {
+    /// For packets from the frontend.
+    pub tx: Box<dyn CopyMemory>,
+    /// For frames to the frontend.
+    pub rx: Box<dyn CopyMemory>,
+}
+
+impl std::fmt::Debug for QueueBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueBuffers")
+            .field("tx_granted", &self.tx.own_grants().is_some())
+            .field("rx_granted", &self.rx.own_grants().is_some())
+            .finish()
+    }
+}
+
+/// What one round over a ring did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// Something was taken or answered.
+    busy: bool,
+    /// The transmit ring's head packet is published in part.
+    tx_waiting: bool,
+}
+
+/// Packets taken off the transmit ring whose data is copied out with one
+/// batch of grant copies, into `buf` one after another.
+struct TxBatch {
+    /// Zeroed once: each packet's copies overwrite the bytes it uses.
+    buf: Box<dyn CopyMemory>,
+    /// The packets and where each starts in `buf`.
+    packets: Vec<(TxPacket, usize)>,
+    used: usize,
+}
+
+impl TxBatch {
+    fn new(buf: Box<dyn CopyMemory>) -> Self {
+        TxBatch {
+            buf,
+            packets: Vec::new(),
+            used: 0,
+        }
+    }
+
+    fn fits(&self, packet: &TxPacket) -> bool {
+        self.used + VNET_HDR_LEN + packet.len() <= self.buf.bytes().len()
+    }
+
+    fn push(&mut self, packet: TxPacket) {
+        let start = self.used;
+        self.used += VNET_HDR_LEN + packet.len();
+        self.packets.push((packet, start));
+    }
+
+    /// Copies the packets out, writes each to the TAP and writes the
+    /// responses of all their slots (not yet pushed). Returns whether
+    /// there were any.
+    fn flush<G: GrantMap>(
+        &mut self,
+        queue: u32,
+        io: &QueueIo<G>,
+        ring: &mut TxRing<'_>,
+    ) -> Result<bool, QueueError> {
+        if self.packets.is_empty() {
+            return Ok(false);
+        }
+        let status = {
+            // Only a lone packet larger than the whole buffer does not
+            // fit; it fails its slots.
+            let items: Vec<_> = self.packets.iter().map(|(p, start)| (p, *start)).collect();
+            tx::copy_packets_into(&*io.grants, io.frontend, &items, &mut *self.buf)
+                .map_err(|source| QueueError::Copy { queue, source })?
+        };
+        for ((packet, start), status) in self.packets.drain(..).zip(status) {
+            let len = VNET_HDR_LEN + packet.len();
+            match self.buf.bytes_mut().get_mut(start..start + len) {
+                Some(bytes) if status.iter().all(Result::is_ok) => {
+                    send_to_tap(queue, io, &packet.offload, bytes)
                 }
-                if let Some((since, start)) = incomplete.take() {
-                    log::warn!(
-                        "queue {queue}: tx: the packet at ring index {start} was complete after {} us",
-                        since.elapsed().as_micros()
+                _ => {
+                    log::debug!(
+                        "queue {queue}: tx: a grant of packet {} could not be copied",
+                        packet.first.id
                     );
-                }
-                busy = true;
-                let responses = match verdict {
-                    TxVerdict::Packet(packet) => {
-                        let status =
-                            tx::copy_packet_into(&*io.grants, io.frontend, &packet, &mut tx_buf)
-                                .map_err(|source| QueueError::Copy { queue, source })?;
-                        if status.iter().all(Result::is_ok) {
-                            let len = VNET_HDR_LEN + packet.len();
-                            send_to_tap(queue, &io, &packet.offload, &mut tx_buf[..len]);
-                        } else {
-                            log::debug!(
-                                "queue {queue}: tx: a grant of packet {} could not be copied",
-                                packet.first.id
-                            );
-                            Stats::add(&io.stats.tx_errors, 1);
-                        }
-                        packet.responses(|i| {
-                            if status[i].is_ok() {
-                                NETIF_RSP_OKAY
-                            } else {
-                                NETIF_RSP_ERROR
-                            }
-                        })
-                    }
-                    TxVerdict::Dropped { reason, responses } => {
-                        log::debug!("queue {queue}: tx: dropping a packet: {reason}");
-                        Stats::add(&io.stats.tx_errors, 1);
-                        responses
-                    }
-                    TxVerdict::Control {
-                        add,
-                        addr,
-                        responses,
-                    } => {
-                        log::debug!(
-                            "queue {queue}: tx: multicast {} {addr:02x?} (multicast control is not offered; ignored)",
-                            if add { "add" } else { "del" }
-                        );
-                        responses
-                    }
-                    TxVerdict::Fatal(error) => {
-                        disable(queue, &io, stop, &error);
-                        return Ok(());
-                    }
-                    // Put back on the ring; handled before the match.
-                    TxVerdict::Incomplete(_) => break,
-                };
-                for rsp in &responses {
-                    if let Err(e) = tx.put_response(rsp) {
-                        // Only a miscount of ours could cause this.
-                        log::error!("queue {queue}: tx: cannot respond: {e}");
-                    }
-                }
-                responded = true;
-            }
-            if responded && push_and_check_notify(&mut tx) {
-                self.evtchn.notify(self.tx_port).map_err(evtchn_error)?;
-                Stats::add(&io.stats.notifies, 1);
-            }
-
-            // Receive: frames from the TAP while requests are posted.
-            let mut responded = false;
-            for _ in 0..RX_BATCH {
-                if pending.is_none() {
-                    pending = match read_frame(queue, &io, &mut rx_buf)? {
-                        Frame::None => break,
-                        Frame::Dropped => continue,
-                        Frame::Ready(len, plan) => Some((len, plan)),
-                    };
-                }
-                let Some((len, plan)) = pending else { break };
-                match rx::deliver(
-                    &mut rx,
-                    &*io.grants,
-                    io.frontend,
-                    &rx_buf[VNET_HDR_LEN..len],
-                    &plan,
-                ) {
-                    Ok(None) => break,
-                    Ok(Some(copied)) => {
-                        pending = None;
-                        responded = true;
-                        busy = true;
-                        if copied {
-                            Stats::add(&io.stats.rx_packets, 1);
-                            Stats::add(&io.stats.rx_bytes, (len - VNET_HDR_LEN) as u64);
-                        } else {
-                            Stats::add(&io.stats.rx_dropped, 1);
-                        }
-                    }
-                    Err(RxError::Ring(e)) => {
-                        disable(queue, &io, stop, &e);
-                        return Ok(());
-                    }
-                    Err(RxError::Copy(source)) => return Err(QueueError::Copy { queue, source }),
+                    Stats::add(&io.stats.tx_errors, 1);
                 }
             }
-            if responded && push_and_check_notify(&mut rx) {
-                self.evtchn.notify(self.rx_port).map_err(evtchn_error)?;
-                Stats::add(&io.stats.notifies, 1);
-            }
-            if busy {
-                continue;
-            }
-
-            // Nothing moved: re-arm the events, check once more, sleep
-            // (briefly while a packet waits for its last slots, which are
-            // on the ring already as far as the final check is concerned).
-            if !tx_waiting {
-                match tx.final_check_for_requests() {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    // Broken: the next round's next_packet reports it.
-                    Err(_) => continue,
-                }
-            }
-            if let Some((_, plan)) = pending {
-                if rx_slots_available(&mut rx, plan.slots()) {
-                    continue;
-                }
-            }
-            let mut fds = vec![self.evtchn.fd(), stop.fd()];
-            if pending.is_none() {
-                fds.push(io.tap.fd());
-            }
-            let timeout = if tx_waiting {
-                Some(INCOMPLETE_POLL)
-            } else {
-                (pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL)
-            };
-            Stats::add(&io.stats.sleeps, 1);
-            let ready = pv_backend_common::poll_readable_slice(&fds, timeout)
-                .map_err(|source| QueueError::Wait { queue, source })?;
-            if ready.get(1).copied().unwrap_or(false) {
-                return Ok(());
-            }
-            if ready.first().copied().unwrap_or(false) {
-                // Take the pending ports (masking them) and unmask them at
-                // once: the final checks re-armed the events, so an event
-                // from now on means new work.
-                let mut woken = false;
-                while let Some(port) = self.evtchn.pending().map_err(evtchn_error)? {
-                    self.evtchn.unmask(port).map_err(evtchn_error)?;
-                    woken = true;
-                }
-                if !woken {
-                    // Readable without a pending port: the peer's end went
-                    // away. Do not spin while the control thread notices.
-                    std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
+            let responses = packet.responses(|i| match status.get(i) {
+                Some(Ok(())) => NETIF_RSP_OKAY,
+                _ => NETIF_RSP_ERROR,
+            });
+            for rsp in &responses {
+                if let Err(e) = ring.put_response(rsp) {
+                    // Only a miscount of ours could cause this.
+                    log::error!("queue {queue}: tx: cannot respond: {e}");
                 }
             }
         }
+        self.used = 0;
+        Ok(true)
     }
+}
+
+/// Serves the rings of queue `index` whose mappings are given (one or
+/// both) until `stop`, sleeping on `evtchn` (and the TAP when receiving).
+fn serve<G: GrantMap, E: EventChannels>(
+    index: u32,
+    evtchn: &E,
+    (tx_map, tx_port): (Option<&G::Mapped>, EvtchnPort),
+    (rx_map, rx_port): (Option<&G::Mapped>, EvtchnPort),
+    buffers: QueueBuffers,
+    io: &QueueIo<G>,
+    stop: &StopSignal,
+) -> Result<(), QueueError> {
+    let queue = index;
+    let tx_mem = tx_map.map(MappedGrants::memory);
+    let rx_mem = rx_map.map(MappedGrants::memory);
+    let mut tx = match &tx_mem {
+        Some(mem) => Some(TxSide {
+            ring: mem
+                .ring_mem()
+                .and_then(TxRing::new)
+                .map_err(|source| QueueError::Ring {
+                    queue,
+                    ring: "tx",
+                    source,
+                })?,
+            port: tx_port,
+            batch: TxBatch::new(buffers.tx),
+            incomplete: None,
+        }),
+        None => None,
+    };
+    let mut rx = match &rx_mem {
+        Some(mem) => Some(RxSide {
+            ring: mem
+                .ring_mem()
+                .and_then(RxRing::new)
+                .map_err(|source| QueueError::Ring {
+                    queue,
+                    ring: "rx",
+                    source,
+                })?,
+            port: rx_port,
+            buf: buffers.rx,
+            pending: None,
+        }),
+        None => None,
+    };
+    log::debug!(
+        "queue {queue}: serving{}{} on port(s) {tx_port}/{rx_port} with TAP {}",
+        if tx.is_some() { " tx" } else { "" },
+        if rx.is_some() { " rx" } else { "" },
+        io.tap.name()
+    );
+    let evtchn_error = |source| QueueError::Evtchn { queue, source };
+    loop {
+        if stop.is_stopped() {
+            return Ok(());
+        }
+        if io.disabled.load(Ordering::Acquire) {
+            park(queue, stop);
+            return Ok(());
+        }
+        let mut progress = Progress::default();
+        if let Some(tx) = tx.as_mut() {
+            let Some(round) = tx_round(queue, tx, io, stop)? else {
+                return Ok(());
+            };
+            if round.busy && push_and_check_notify(&mut tx.ring) {
+                evtchn.notify(tx.port).map_err(evtchn_error)?;
+                Stats::add(&io.stats.notifies, 1);
+            }
+            progress = round;
+        }
+        if let Some(rx) = rx.as_mut() {
+            let Some(round) = rx_round(queue, rx, io, stop)? else {
+                return Ok(());
+            };
+            if round.busy && push_and_check_notify(&mut rx.ring) {
+                evtchn.notify(rx.port).map_err(evtchn_error)?;
+                Stats::add(&io.stats.notifies, 1);
+            }
+            progress.busy |= round.busy;
+        }
+        if progress.busy {
+            continue;
+        }
+
+        // Nothing moved: re-arm the events, check once more, sleep
+        // (briefly while a packet waits for its last slots, which are
+        // on the ring already as far as the final check is concerned).
+        if let Some(tx) = tx.as_mut().filter(|_| !progress.tx_waiting) {
+            match tx.ring.final_check_for_requests() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                // Broken: the next round's next_packet reports it.
+                Err(_) => continue,
+            }
+        }
+        let rx_pending = rx.as_ref().and_then(|rx| rx.pending);
+        if let (Some(rx), Some((_, plan))) = (rx.as_mut(), rx_pending) {
+            if rx_slots_available(&mut rx.ring, plan.slots()) {
+                continue;
+            }
+        }
+        let mut fds = vec![evtchn.fd(), stop.fd()];
+        if rx.is_some() && rx_pending.is_none() {
+            fds.push(io.tap.fd());
+        }
+        let timeout = if progress.tx_waiting {
+            Some(INCOMPLETE_POLL)
+        } else {
+            (rx_pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL)
+        };
+        Stats::add(&io.stats.sleeps, 1);
+        let ready = pv_backend_common::poll_readable_slice(&fds, timeout)
+            .map_err(|source| QueueError::Wait { queue, source })?;
+        if ready.get(1).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        if ready.first().copied().unwrap_or(false) {
+            // Take the pending ports (masking them) and unmask them at
+            // once: the final checks re-armed the events, so an event
+            // from now on means new work.
+            let mut woken = false;
+            while let Some(port) = evtchn.pending().map_err(evtchn_error)? {
+                evtchn.unmask(port).map_err(evtchn_error)?;
+                woken = true;
+            }
+            if !woken {
+                // Readable without a pending port: the peer's end went
+                // away. Do not spin while the control thread notices.
+                std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One round over the transmit ring: at most a ring's worth of packets,
+/// copied out in batches. `None` if the frontend was found malicious (the
+/// interface is disabled and the thread has waited for `stop`).
+fn tx_round<G: GrantMap>(
+    queue: u32,
+    tx: &mut TxSide<'_>,
+    io: &QueueIo<G>,
+    stop: &StopSignal,
+) -> Result<Option<Progress>, QueueError> {
+    let mut progress = Progress::default();
+    for _ in 0..tx.ring.size() {
+        let verdict = match tx::next_packet(&mut tx.ring) {
+            Ok(Some(verdict)) => verdict,
+            Ok(None) => break,
+            Err(e) => {
+                disable(queue, io, stop, &e);
+                return Ok(None);
+            }
+        };
+        if let TxVerdict::Incomplete(part) = &verdict {
+            match tx.incomplete {
+                Some((since, start)) if start == part.start => {
+                    if since.elapsed() >= INCOMPLETE_TIMEOUT {
+                        let error = tx::TxError::MissingSlots(1);
+                        log::error!("queue {queue}: tx: {part}");
+                        disable(queue, io, stop, &error);
+                        return Ok(None);
+                    }
+                }
+                _ => {
+                    log::warn!("queue {queue}: tx: waiting for the rest: {part}");
+                    tx.incomplete = Some((Instant::now(), part.start));
+                }
+            }
+            progress.tx_waiting = true;
+            break;
+        }
+        if let Some((since, start)) = tx.incomplete.take() {
+            log::warn!(
+                "queue {queue}: tx: the packet at ring index {start} was complete after {} us",
+                since.elapsed().as_micros()
+            );
+        }
+        progress.busy = true;
+        let responses = match verdict {
+            TxVerdict::Packet(packet) => {
+                if !tx.batch.fits(&packet) {
+                    tx.batch.flush(queue, io, &mut tx.ring)?;
+                }
+                tx.batch.push(packet);
+                continue;
+            }
+            TxVerdict::Dropped { reason, responses } => {
+                log::debug!("queue {queue}: tx: dropping a packet: {reason}");
+                Stats::add(&io.stats.tx_errors, 1);
+                responses
+            }
+            TxVerdict::Control {
+                add,
+                addr,
+                responses,
+            } => {
+                log::debug!(
+                    "queue {queue}: tx: multicast {} {addr:02x?} (multicast control is not offered; ignored)",
+                    if add { "add" } else { "del" }
+                );
+                responses
+            }
+            TxVerdict::Fatal(error) => {
+                disable(queue, io, stop, &error);
+                return Ok(None);
+            }
+            // Put back on the ring; handled before the match.
+            TxVerdict::Incomplete(_) => break,
+        };
+        for rsp in &responses {
+            if let Err(e) = tx.ring.put_response(rsp) {
+                // Only a miscount of ours could cause this.
+                log::error!("queue {queue}: tx: cannot respond: {e}");
+            }
+        }
+    }
+    tx.batch.flush(queue, io, &mut tx.ring)?;
+    Ok(Some(progress))
+}
+
+/// One round over the receive ring: frames from the TAP while requests
+/// are posted (at most [`RX_BATCH`], as many as `buf` holds), copied in
+/// with one batch of grant copies. `None` if the frontend broke the ring
+/// (the interface is disabled and the thread has waited for `stop`).
+fn rx_round<G: GrantMap>(
+    queue: u32,
+    rx: &mut RxSide<'_>,
+    io: &QueueIo<G>,
+    stop: &StopSignal,
+) -> Result<Option<Progress>, QueueError> {
+    let mut staged = Vec::new();
+    let mut used = 0;
+    // A frame read but not staged: (start in buf, length, plan).
+    let mut left = None;
+    for _ in 0..RX_BATCH {
+        let (start, len, plan) = match rx.pending.take() {
+            // Only ever in the first iteration, at the first frame start.
+            Some((len, plan)) => (rx_frame_start(0), len, plan),
+            None => {
+                let start = rx_frame_start(used);
+                let Some(room) = rx.buf.bytes_mut().get_mut(start..).filter(|r| r.len() >= MAX_FRAME) else {
+                    break;
+                };
+                match read_frame(queue, io, room)? {
+                    Frame::None => break,
+                    Frame::Dropped => continue,
+                    Frame::Ready(len, plan) => (start, len, plan),
+                }
+            }
+        };
+        match rx::stage(&mut rx.ring, &plan, start + VNET_HDR_LEN..start + len) {
+            Ok(Some(frame)) => {
+                staged.push(frame);
+                used = start + len;
+            }
+            Ok(None) => {
+                left = Some((start, len, plan));
+                break;
+            }
+            Err(RxError::Ring(e)) => {
+                disable(queue, io, stop, &e);
+                return Ok(None);
+            }
+            Err(RxError::Copy(source)) => return Err(QueueError::Copy { queue, source }),
+        }
+    }
+    let mut progress = Progress::default();
+    if !staged.is_empty() {
+        let copied = match rx::deliver_staged(&mut rx.ring, &*io.grants, io.frontend, &mut *rx.buf, &staged)
+        {
+            Ok(copied) => copied,
+            Err(RxError::Ring(e)) => {
+                disable(queue, io, stop, &e);
+                return Ok(None);
+            }
+            Err(RxError::Copy(source)) => return Err(QueueError::Copy { queue, source }),
+        };
+        for (frame, copied) in staged.iter().zip(copied) {
+            if copied {
+                Stats::add(&io.stats.rx_packets, 1);
+                Stats::add(&io.stats.rx_bytes, frame.frame().len() as u64);
+            } else {
+                Stats::add(&io.stats.rx_dropped, 1);
+            }
+        }
+        progress.busy = true;
+    }
+    // The frame that waits for requests goes to the first frame start,
+    // now that the staged frames before it are copied.
+    if let Some((start, len, plan)) = left {
+        rx.buf.bytes_mut().copy_within(start..start + len, rx_frame_start(0));
+        rx.pending = Some((len, plan));
+    }
+    Ok(Some(progress))
 }
 
 /// Disables the interface for a malicious frontend (`xenvif_fatal_tx_err`)
@@ -608,18 +838,80 @@ fn send_to_tap<G>(
     }
 }
 
-/// Runs `queue` on a thread of its own.
+/// Runs `queue` on a thread of its own, or on two with split event
+/// channels (one per ring, each on its own event channel handle).
 pub(crate) fn spawn<G, E>(
     queue: Queue<G, E>,
     io: QueueIo<G>,
+    buffers: QueueBuffers,
     stop: Arc<StopSignal>,
-) -> std::io::Result<std::thread::JoinHandle<Result<(), QueueError>>>
+) -> std::io::Result<Vec<std::thread::JoinHandle<Result<(), QueueError>>>>
 where
     G: GrantMap + 'static,
     G::Mapped: 'static,
     E: EventChannels + 'static,
 {
-    std::thread::Builder::new()
-        .name(format!("rnetback-q{}", queue.index))
-        .spawn(move || queue.run(io, &stop))
+    let Queue {
+        index,
+        tx_map,
+        rx_map,
+        evtchn,
+        rx_evtchn,
+        tx_port,
+        rx_port,
+    } = queue;
+    let thread = |name: String| std::thread::Builder::new().name(name);
+    let Some(rx_evtchn) = rx_evtchn else {
+        let handle = thread(format!("rnetback-q{index}")).spawn(move || {
+            serve(
+                index,
+                &evtchn,
+                (Some(&tx_map), tx_port),
+                (Some(&rx_map), rx_port),
+                buffers,
+                &io,
+                &stop,
+            )
+        })?;
+        return Ok(vec![handle]);
+    };
+    let rx_io = io.try_clone()?;
+    let QueueBuffers { tx: tx_buf, rx: rx_buf } = buffers;
+    // Each thread takes its own buffer; the other's is not used.
+    let empty = || Box::new(Vec::new()) as Box<dyn CopyMemory>;
+    let tx_buffers = QueueBuffers { tx: tx_buf, rx: empty() };
+    let rx_buffers = QueueBuffers { tx: empty(), rx: rx_buf };
+    let tx_stop = Arc::clone(&stop);
+    let tx = thread(format!("rnetback-q{index}-tx")).spawn(move || {
+        serve::<G, E>(
+            index,
+            &evtchn,
+            (Some(&tx_map), tx_port),
+            (None, rx_port),
+            tx_buffers,
+            &io,
+            &tx_stop,
+        )
+    })?;
+    let rx_stop = Arc::clone(&stop);
+    let rx = thread(format!("rnetback-q{index}-rx")).spawn(move || {
+        serve::<G, E>(
+            index,
+            &rx_evtchn,
+            (None, tx_port),
+            (Some(&rx_map), rx_port),
+            rx_buffers,
+            &rx_io,
+            &rx_stop,
+        )
+    });
+    match rx {
+        Ok(rx) => Ok(vec![tx, rx]),
+        Err(e) => {
+            // The transmit thread alone would serve half a queue.
+            stop.stop();
+            let _ = tx.join();
+            Err(e)
+        }
+    }
 }

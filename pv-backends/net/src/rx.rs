@@ -15,7 +15,9 @@
 //! A frontend without `feature-sg` takes frames of one page only; larger
 //! ones are dropped (the TAP's MTU keeps them from occurring).
 
-use hypercall_abi::platform::{GrantCopyOp, GrantCopyPtr, GrantError, GrantMap};
+use std::ops::Range;
+
+use hypercall_abi::platform::{CopyMemory, GrantError, GrantMap};
 use hypercall_abi::ring::{BackRing, RingError};
 use hypercall_abi::xen::netif::{
     NetifExtraFlags, NetifExtraGso, NetifExtraInfo, NetifRxRequest, NetifRxResponse,
@@ -24,6 +26,7 @@ use hypercall_abi::xen::netif::{
 use hypercall_abi::xen::{DomId, PAGE_SIZE};
 use rxen_tap::VirtioNetHdr;
 
+use crate::copy::{copy_spans, Direction, Span};
 use crate::offload::{rx_offload, OffloadError, RxFeatures, ETH_HLEN};
 
 /// The receive ring.
@@ -118,6 +121,52 @@ pub fn deliver<G: GrantMap>(
     frame: &[u8],
     plan: &RxPlan,
 ) -> Result<Option<bool>, RxError> {
+    let Some(staged) = stage(ring, plan, 0..frame.len())? else {
+        return Ok(None);
+    };
+    let mut frame = frame.to_vec();
+    let copied = deliver_staged(ring, grants, domid, &mut frame, &[staged])?;
+    Ok(Some(copied.first().copied().unwrap_or(false)))
+}
+
+/// A frame whose requests are taken off the ring, waiting to be copied
+/// and answered by [`deliver_staged`] (every request taken gets its
+/// response there).
+#[derive(Debug)]
+pub struct Staged {
+    /// The requests it took, in ring order.
+    requests: Vec<NetifRxRequest>,
+    plan: RxPlan,
+    /// Where its bytes are in the buffer given to [`deliver_staged`].
+    frame: Range<usize>,
+}
+
+impl Staged {
+    /// The data requests: the first, then (after the extra info's) the
+    /// rest.
+    fn data_requests(&self) -> impl Iterator<Item = &NetifRxRequest> {
+        let extra = usize::from(self.plan.gso.is_some());
+        self.requests
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i == 0 || *i > extra)
+            .map(|(_, r)| r)
+    }
+
+    /// Where its bytes are in the batch's buffer.
+    pub fn frame(&self) -> Range<usize> {
+        self.frame.clone()
+    }
+}
+
+/// Takes the `plan.slots()` requests a frame needs off the ring, or
+/// returns `Ok(None)`, taking nothing, if fewer are posted. `frame` is
+/// where the frame will be in the buffer given to [`deliver_staged`].
+pub fn stage(
+    ring: &mut RxRing<'_>,
+    plan: &RxPlan,
+    frame: Range<usize>,
+) -> Result<Option<Staged>, RxError> {
     if (ring.unconsumed_requests()? as usize) < plan.slots() {
         return Ok(None);
     }
@@ -129,70 +178,85 @@ pub fn deliver<G: GrantMap>(
             None => return Err(RxError::Ring(RingError::Broken)),
         }
     }
-    // The data slots: the first request, then (after the extra info's) the rest.
-    let extra = usize::from(plan.gso.is_some());
-    let data: Vec<&NetifRxRequest> = requests
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || *i > extra)
-        .map(|(_, r)| r)
-        .collect();
-    let mut ops: Vec<GrantCopyOp<'_>> = frame
-        .chunks(PAGE_SIZE)
-        .zip(&data)
-        .map(|(chunk, request)| GrantCopyOp {
-            source: GrantCopyPtr::Local(chunk),
-            dest: GrantCopyPtr::Grant {
-                domid,
-                gref: request.gref,
-                offset: 0,
-            },
-            len: chunk.len() as u16,
-            status: Ok(()),
-        })
-        .collect();
-    grants.copy(&mut ops)?;
+    Ok(Some(Staged {
+        requests,
+        plan: *plan,
+        frame,
+    }))
+}
 
-    let last = plan.data_slots - 1;
-    let mut all_copied = true;
-    let mut response = |i: usize, request: &NetifRxRequest, op: &GrantCopyOp<'_>| {
-        let mut flags = if i == 0 { plan.flags } else { 0 };
-        if i == 0 && plan.gso.is_some() {
-            flags |= NETRXF_EXTRA_INFO;
-        }
-        if i < last {
-            flags |= NETRXF_MORE_DATA;
-        }
-        let status = match op.status {
-            Ok(()) => op.len as i16,
-            Err(_) => {
-                all_copied = false;
-                NETIF_RSP_ERROR
-            }
-        };
-        NetifRxResponse {
-            id: request.id,
+/// Copies the staged frames, whose bytes are in `buf`, into the pages of
+/// their requests with one batch of grant copies for all of them, and
+/// writes every response (not yet pushed). Returns, per frame, whether
+/// every page was copied. A frame whose range is not in `buf` (a bug of
+/// the caller's) is answered with errors, so that no request goes
+/// unanswered.
+pub fn deliver_staged<G: GrantMap>(
+    ring: &mut RxRing<'_>,
+    grants: &G,
+    domid: DomId,
+    buf: &mut dyn CopyMemory,
+    staged: &[Staged],
+) -> Result<Vec<bool>, RxError> {
+    let mut spans = Vec::new();
+    // Where each frame's spans are in `spans`.
+    let mut frame_spans = Vec::with_capacity(staged.len());
+    for s in staged {
+        let first = spans.len();
+        let frame = s.frame.clone();
+        let chunks = frame.clone().step_by(PAGE_SIZE).map(|at| at..(at + PAGE_SIZE).min(frame.end));
+        spans.extend(chunks.zip(s.data_requests()).map(|(local, request)| Span {
+            gref: request.gref,
             offset: 0,
-            flags,
-            status,
-        }
-    };
-    let mut responses = Vec::with_capacity(requests.len());
-    for (i, (request, op)) in data.iter().zip(&ops).enumerate() {
-        responses.push(response(i, request, op));
-        if i == 0 {
-            if let Some(gso) = plan.gso {
-                // The extra info takes the response slot of the request
-                // after the first.
-                let info = NetifExtraInfo::from_gso(gso, NetifExtraFlags::empty());
-                responses.push(zerocopy::transmute!(info));
+            local,
+        }));
+        frame_spans.push(first..spans.len());
+    }
+    let status = copy_spans(grants, domid, buf, Direction::ToFrontend, &spans)?;
+
+    let mut copied = Vec::with_capacity(staged.len());
+    for (s, range) in staged.iter().zip(frame_spans) {
+        let frame_spans = &spans[range.clone()];
+        let frame_status = &status[range];
+        let last = s.plan.data_slots.saturating_sub(1);
+        let mut all_copied = true;
+        let mut responses = Vec::with_capacity(s.requests.len());
+        for (i, request) in s.data_requests().enumerate() {
+            let mut flags = if i == 0 { s.plan.flags } else { 0 };
+            if i == 0 && s.plan.gso.is_some() {
+                flags |= NETRXF_EXTRA_INFO;
+            }
+            if i < last {
+                flags |= NETRXF_MORE_DATA;
+            }
+            let status = match (frame_spans.get(i), frame_status.get(i)) {
+                (Some(span), Some(Ok(()))) => span.local.len() as i16,
+                _ => {
+                    all_copied = false;
+                    NETIF_RSP_ERROR
+                }
+            };
+            responses.push(NetifRxResponse {
+                id: request.id,
+                offset: 0,
+                flags,
+                status,
+            });
+            if i == 0 {
+                if let Some(gso) = s.plan.gso {
+                    // The extra info takes the response slot of the
+                    // request after the first.
+                    let info = NetifExtraInfo::from_gso(gso, NetifExtraFlags::empty());
+                    responses.push(zerocopy::transmute!(info));
+                }
             }
         }
+        for rsp in &responses {
+            ring.put_response(rsp)?;
+        }
+        copied.push(all_copied);
     }
-    for rsp in &responses {
-        ring.put_response(rsp)?;
-    }
-    Ok(Some(all_copied))
+    Ok(copied)
 }
 
 #[cfg(test)]
@@ -277,6 +341,77 @@ mod tests {
             front.consume_response().unwrap().is_none(),
             "request 3 stays posted"
         );
+    }
+
+    #[test]
+    fn staged_frames_are_copied_with_one_batch_and_answered_in_order() {
+        let table = MemGrantTable::new(2);
+        let mem = OwnedRingMem::with_order(0).unwrap();
+        let mut front =
+            FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
+        let mut back = RxRing::new(mem.mem()).unwrap();
+        let grefs: Vec<_> = (0..4).map(|_| table.grant(true)).collect();
+        for (id, gref) in grefs.iter().enumerate() {
+            let request = NetifRxRequest { id: 10 + id as u16, pad: 0, gref: *gref };
+            front.put_request(&request).unwrap();
+        }
+        front.push_requests().unwrap();
+        let hdr = VirtioNetHdr::default();
+        let mut small = tcp4_frame(100);
+        let mut big = tcp4_frame(5000);
+        let (small_plan, big_plan) = (
+            plan(&hdr, &mut small, &ALL).unwrap(),
+            plan(&hdr, &mut big, &ALL).unwrap(),
+        );
+        // Both frames in one buffer, the second after the first.
+        let mut buf = small.clone();
+        buf.extend_from_slice(&big);
+
+        let a = stage(&mut back, &small_plan, 0..small.len()).unwrap().unwrap();
+        let b = stage(&mut back, &big_plan, small.len()..buf.len()).unwrap().unwrap();
+        let none = stage(&mut back, &big_plan, 0..big.len()).unwrap();
+        let copied = deliver_staged(&mut back, &table, 2, &mut buf, &[a, b]).unwrap();
+        back.push_responses().unwrap();
+
+        assert!(none.is_none(), "one request left, two needed");
+        assert_eq!(copied, vec![true, true]);
+        assert_eq!(table.copy_batches(), 1, "one batch for both frames");
+        let responses: Vec<_> = (0..3).map(|_| front.consume_response().unwrap().unwrap()).collect();
+        let seen: Vec<_> = responses.iter().map(|r| (r.id, r.status as usize, r.flags & NETRXF_MORE_DATA)).collect();
+        assert_eq!(
+            seen,
+            vec![(10, small.len(), 0), (11, 4096, NETRXF_MORE_DATA), (12, big.len() - 4096, 0)]
+        );
+        let mut page = vec![0u8; 4096];
+        table.read_page(grefs[0], 0, &mut page[..small.len()]);
+        assert_eq!(page[..small.len()], small[..]);
+        table.read_page(grefs[1], 0, &mut page);
+        assert_eq!(page, big[..4096]);
+        table.read_page(grefs[2], 0, &mut page[..big.len() - 4096]);
+        assert_eq!(page[..big.len() - 4096], big[4096..]);
+        assert!(front.consume_response().unwrap().is_none(), "request 13 stays posted");
+    }
+
+    #[test]
+    fn a_staged_frame_outside_the_buffer_is_answered_with_errors() {
+        let table = MemGrantTable::new(2);
+        let mem = OwnedRingMem::with_order(0).unwrap();
+        let mut front =
+            FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
+        let mut back = RxRing::new(mem.mem()).unwrap();
+        let request = NetifRxRequest { id: 4, pad: 0, gref: table.grant(true) };
+        front.put_request(&request).unwrap();
+        front.push_requests().unwrap();
+        let mut frame = tcp4_frame(100);
+        let frame_plan = plan(&VirtioNetHdr::default(), &mut frame, &ALL).unwrap();
+
+        let staged = stage(&mut back, &frame_plan, 1000..1000 + frame.len()).unwrap().unwrap();
+        let copied = deliver_staged(&mut back, &table, 2, &mut frame, &[staged]).unwrap();
+        back.push_responses().unwrap();
+
+        assert_eq!(copied, vec![false]);
+        let rsp = front.consume_response().unwrap().unwrap();
+        assert_eq!((rsp.id, rsp.status), (4, NETIF_RSP_ERROR));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! A multicast-control extra (`XEN_NETIF_EXTRA_TYPE_MCAST_ADD`/`_DEL`)
 //! carries no packet; it is answered `NETIF_RSP_OKAY`.
 
-use hypercall_abi::platform::{GrantCopyOp, GrantCopyPtr, GrantError, GrantMap};
+use hypercall_abi::platform::{CopyMemory, GrantError, GrantMap};
 use hypercall_abi::ring::{BackRing, RingError};
 use hypercall_abi::xen::grant_table::GNTST_GENERAL_ERROR;
 pub use hypercall_abi::xen::netif::XEN_NETIF_NR_SLOTS_MIN;
@@ -39,6 +39,7 @@ use hypercall_abi::xen::{DomId, PAGE_SIZE};
 use rxen_tap::VNET_HDR_LEN;
 use zerocopy::IntoBytes;
 
+use crate::copy::{copy_spans, Direction, Span};
 use crate::offload::{TxOffload, ETH_HLEN};
 
 /// The transmit ring.
@@ -427,37 +428,56 @@ pub fn copy_packet_into<G: GrantMap>(
     grants: &G,
     domid: DomId,
     packet: &TxPacket,
-    buf: &mut [u8],
+    mut buf: &mut [u8],
 ) -> Result<Vec<Result<(), i16>>, GrantError> {
-    let Some(buf) = buf.get_mut(..VNET_HDR_LEN + packet.len()) else {
-        return Ok(vec![Err(GNTST_GENERAL_ERROR); 1 + packet.frags.len()]);
-    };
-    let mut rest = &mut buf[VNET_HDR_LEN..];
-    let mut ops = Vec::with_capacity(1 + packet.frags.len());
-    let mut op_slot = Vec::with_capacity(ops.capacity());
-    for (i, slot) in packet.slots().enumerate() {
-        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(usize::from(slot.size));
-        rest = tail;
-        if slot.size == 0 {
+    let mut status = copy_packets_into(grants, domid, &[(packet, 0)], &mut buf)?;
+    Ok(status.pop().unwrap_or_default())
+}
+
+/// [`copy_packet_into`] for several packets, packet `p` at byte
+/// `packets[p].1` of `buf` (header room first; in increasing order, not
+/// overlapping), with one batch of grant copies for all of them (one
+/// system call where the platform makes one per batch). Returns each
+/// packet's slot status, in order; a packet that does not fit in `buf`
+/// fails every slot with `GNTST_general_error`.
+pub fn copy_packets_into<G: GrantMap>(
+    grants: &G,
+    domid: DomId,
+    packets: &[(&TxPacket, usize)],
+    buf: &mut dyn CopyMemory,
+) -> Result<Vec<Vec<Result<(), i16>>>, GrantError> {
+    let mut status: Vec<Vec<Result<(), i16>>> = packets
+        .iter()
+        .map(|(packet, _)| vec![Ok(()); 1 + packet.frags.len()])
+        .collect();
+    let mut spans = Vec::new();
+    // (packet, data slot) of each span.
+    let mut span_slot = Vec::new();
+    let len = buf.bytes().len();
+    for (p, (packet, start)) in packets.iter().enumerate() {
+        if start + VNET_HDR_LEN + packet.len() > len {
+            status[p].fill(Err(GNTST_GENERAL_ERROR));
             continue;
         }
-        debug_assert!(usize::from(slot.offset) + usize::from(slot.size) <= PAGE_SIZE);
-        ops.push(GrantCopyOp {
-            source: GrantCopyPtr::Grant {
-                domid,
+        let mut pos = start + VNET_HDR_LEN;
+        for (i, slot) in packet.slots().enumerate() {
+            let size = usize::from(slot.size);
+            if size == 0 {
+                continue;
+            }
+            debug_assert!(usize::from(slot.offset) + size <= PAGE_SIZE);
+            spans.push(Span {
                 gref: slot.gref,
                 offset: slot.offset,
-            },
-            dest: GrantCopyPtr::LocalMut(chunk),
-            len: slot.size,
-            status: Ok(()),
-        });
-        op_slot.push(i);
+                local: pos..pos + size,
+            });
+            span_slot.push((p, i));
+            pos += size;
+        }
     }
-    grants.copy(&mut ops)?;
-    let mut status = vec![Ok(()); 1 + packet.frags.len()];
-    for (op, i) in ops.iter().zip(op_slot) {
-        status[i] = op.status;
+    let copied = copy_spans(grants, domid, buf, Direction::FromFrontend, &spans)?;
+    for (result, (p, i)) in copied.into_iter().zip(span_slot) {
+        status[p][i] = result;
     }
     Ok(status)
 }
@@ -767,5 +787,36 @@ mod tests {
         assert_eq!(buf[VNET_HDR_LEN + 96..VNET_HDR_LEN + 146], [2; 50]);
         assert_eq!(status[..2], [Ok(()), Ok(())]);
         assert!(status[2].is_err(), "an ungranted reference fails its slot");
+    }
+
+    #[test]
+    fn several_packets_are_copied_out_with_one_batch() {
+        let table = MemGrantTable::new(5);
+        let (a, b, c) = (table.grant(false), table.grant(false), table.grant(false));
+        table.write_page(a, 0, &[1; 60]);
+        table.write_page(b, 100, &[2; 3000]);
+        table.write_page(c, 0, &[3; 40]);
+        let one = TxPacket {
+            first: req(a, 0, 60, 0, 1),
+            extra_count: 0,
+            frags: vec![],
+            offload: TxOffload::default(),
+        };
+        let two = TxPacket {
+            first: req(b, 100, 3000, 0, 2),
+            extra_count: 0,
+            frags: vec![req(c, 0, 40, 0, 3), req(999, 0, 10, 0, 4)],
+            offload: TxOffload::default(),
+        };
+        let mut buf = vec![0u8; 8192];
+
+        let status = copy_packets_into(&table, 5, &[(&one, 0), (&two, VNET_HDR_LEN + 60)], &mut buf).unwrap();
+
+        assert_eq!(table.copy_batches(), 1, "one batch for both packets");
+        assert_eq!(status, vec![vec![Ok(())], vec![Ok(()), Ok(()), Err(hypercall_abi::xen::grant_table::GNTST_BAD_GNTREF)]]);
+        assert_eq!(buf[VNET_HDR_LEN..VNET_HDR_LEN + 60], [1; 60]);
+        let two_at = 2 * VNET_HDR_LEN + 60;
+        assert_eq!(buf[two_at..two_at + 3000], [2; 3000]);
+        assert_eq!(buf[two_at + 3000..two_at + 3040], [3; 40]);
     }
 }

@@ -47,7 +47,7 @@ use rxen_tap::{Tap, TapError};
 
 use crate::offload::RxFeatures;
 use crate::platform::{Platform, PlatformError};
-use crate::queue::{self, Queue, QueueError, QueueIo, QueueRings};
+use crate::queue::{self, Queue, QueueBuffers, QueueError, QueueIo, QueueRings};
 use crate::stats::Stats;
 use pv_backend_common::StopSignal;
 
@@ -652,10 +652,15 @@ impl<P: Platform> Backend<P> {
         let mut connected = Vec::new();
         for (q, ring) in (0..).zip(&rings) {
             let evtchn = self.platform.event_channels()?;
+            let rx_evtchn = match ring.rx_evtchn {
+                Some(_) => Some(self.platform.event_channels()?),
+                None => None,
+            };
             connected.push(Queue::connect(
                 q,
                 &*self.grants,
                 evtchn,
+                rx_evtchn,
                 self.cfg.frontend_domid,
                 ring,
             )?);
@@ -677,8 +682,13 @@ impl<P: Platform> Backend<P> {
                 stats: Arc::clone(&self.stats),
                 disabled: Arc::clone(&disabled),
             };
-            match queue::spawn(queue, io, Arc::clone(&stop)) {
-                Ok(thread) => connection.threads.push(thread),
+            let own = self.cfg.backend_domid;
+            let buffers = QueueBuffers {
+                tx: self.platform.copy_memory(own, queue::BATCH_BYTES),
+                rx: self.platform.copy_memory(own, queue::BATCH_BYTES),
+            };
+            match queue::spawn(queue, io, buffers, Arc::clone(&stop)) {
+                Ok(threads) => connection.threads.extend(threads),
                 Err(e) => {
                     stop_connection(connection);
                     return Err(BackendError::Spawn(e));

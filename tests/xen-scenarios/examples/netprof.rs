@@ -27,6 +27,19 @@ use xen_scenarios::{attach_rnetback, boot, init_logging, Figures};
 const PHASES: [(&str, &str); 4] =
     [("rnetback", "g2d"), ("netback", "g2d"), ("rnetback", "d2g"), ("netback", "d2g")];
 
+/// The phases to run: `NETPROF_PHASES` (e.g. `rnetback:d2g,netback:d2g`)
+/// or all of [`PHASES`].
+fn phases() -> Vec<(String, String)> {
+    match std::env::var("NETPROF_PHASES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|p| p.split_once(':'))
+            .map(|(b, d)| (b.to_owned(), d.to_owned()))
+            .collect(),
+        Err(_) => PHASES.iter().map(|(b, d)| ((*b).to_owned(), (*d).to_owned())).collect(),
+    }
+}
+
 fn guest_script(seconds: u32) -> String {
     format!(
         r#"#!/bin/sh
@@ -48,11 +61,11 @@ for p in {phases}; do
     echo "RXEN-PROF start $b $d"
     mbps=$(iperf3 -c $ip -t {seconds} -f m $flag 2>/tmp/iperf.err | awk '/receiver/ {{print $7}}')
     echo "RXEN-PROF end $b $d mbps=$mbps"
-    sleep 4
+    sleep 30
 done
 echo "RXEN-PROF done"
 "#,
-        phases = PHASES.iter().map(|(b, d)| format!("{b}:{d}")).collect::<Vec<_>>().join(" ")
+        phases = phases().iter().map(|(b, d)| format!("{b}:{d}")).collect::<Vec<_>>().join(" ")
     )
 }
 
@@ -84,7 +97,7 @@ fn main() {
     guest.vcpus = 2;
     let g = h.xl_create(&guest).unwrap();
     attach_rnetback(&mut h, &g.name, 1, "00:16:3e:52:01:02", "xenbr1", "rvifDOMID.1", &extra).unwrap();
-    for (b, d) in PHASES {
+    for (b, d) in phases() {
         h.wait_guest_line(&g, &format!("RXEN-PROF start {b} {d}"), Duration::from_secs(600)).unwrap();
         let out = h
             .run_with(
@@ -102,6 +115,8 @@ echo "== interrupts"; paste /tmp/i0 /tmp/i1 | awk '{n=NF/2; a=0; b=0; for (k=2;k
 echo "== threads (utime stime)"; cat /tmp/t0 /tmp/t1
 echo "== syscalls"; timeout 10 $P trace -s -p $pid -- sleep 3 2>&1 | grep -v "^$" | head -30
 echo "== perf by comm"; $P report -i /tmp/perf.data --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+echo "== symbols of the backend threads"; $P report -i /tmp/perf.data --no-children --sort comm,dso,sym --stdio -g none --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+echo "== inclusive, rnetback's queue threads"; $P report -i /tmp/perf.data --children --comms rnetback-q0,rnetback-q1 --sort sym --stdio -g none --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
 echo "== hypercall callers (all comms)"; $P report -i /tmp/perf.data --no-children --sort comm,sym --stdio -g caller,0.5,callee,function,percent --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150
 "#,
                 &[],

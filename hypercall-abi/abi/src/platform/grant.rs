@@ -110,6 +110,48 @@ pub enum GrantCopyPtr<'a> {
     Local(&'a [u8]),
 }
 
+/// Memory of a backend's own that its data path copies through with grant
+/// copies: plain memory, or pages its domain granted to itself, which a
+/// copy names by reference (the kernel then pins no user page per copy).
+/// Either way no other domain can reach it, so it is seen as a slice.
+pub trait CopyMemory: Send {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+    /// The bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// With pages granted to the own domain: that domain, and the reference
+    /// of each page of [`bytes`](Self::bytes) in order.
+    fn own_grants(&self) -> Option<(DomId, &[GrantRef])>;
+}
+
+impl CopyMemory for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+
+    fn own_grants(&self) -> Option<(DomId, &[GrantRef])> {
+        None
+    }
+}
+
+impl CopyMemory for &mut [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+
+    fn own_grants(&self) -> Option<(DomId, &[GrantRef])> {
+        None
+    }
+}
+
 /// One grant copy segment (`struct gnttab_copy`), within one page.
 #[derive(Debug)]
 pub struct GrantCopyOp<'a> {

@@ -20,6 +20,6 @@ mod memory;
 mod store;
 
 pub use evtchn::{EventChannels, EvtchnError};
-pub use grant::{GrantCopyOp, GrantCopyPtr, GrantError, GrantMap, GrantShare, MappedGrants, SharedGrants};
+pub use grant::{CopyMemory, GrantCopyOp, GrantCopyPtr, GrantError, GrantMap, GrantShare, MappedGrants, SharedGrants};
 pub use memory::{SharedMemory, SharedMemoryError};
 pub use store::{Transaction, WatchEvent, Xenstore, XsError, XsPerm, XsPermAccess};
