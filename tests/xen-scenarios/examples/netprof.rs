@@ -116,7 +116,7 @@ echo "== threads (utime stime)"; cat /tmp/t0 /tmp/t1
 echo "== syscalls"; timeout 10 $P trace -s -p $pid -- sleep 3 2>&1 | grep -v "^$" | head -30
 echo "== perf by comm"; $P report -i /tmp/perf.data --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
 echo "== symbols of the backend threads"; $P report -i /tmp/perf.data --no-children --sort comm,dso,sym --stdio -g none --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
-echo "== inclusive, rnetback's queue threads"; $P report -i /tmp/perf.data --children --comms rnetback-q0,rnetback-q1 --sort sym --stdio -g none --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+echo "== inclusive, rnetback's queue threads"; $P report -i /tmp/perf.data --children --comms rnetback-q0,rnetback-q1,rnetback-q0-tx,rnetback-q0-rx,rnetback-q1-tx,rnetback-q1-rx --sort comm,sym --stdio -g none --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
 echo "== hypercall callers (all comms)"; $P report -i /tmp/perf.data --no-children --sort comm,sym --stdio -g caller,0.5,callee,function,percent --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150
 "#,
                 &[],

@@ -16,6 +16,10 @@
 //!   makes the vif a TAP in the guest; the same pings and transfers with
 //!   dom0.
 //!
+//! The 6.1 guest's vif connects while gntalloc's limit on grants is 0, so
+//! rnetback copies through plain memory there; the 6.12 guest's through
+//! pages dom0 granted to itself: both ways carry the same checks.
+//!
 //! rnetback's vifs live under their own backend kind (`rvif`), so Linux's
 //! netback, loaded in dom0 throughout, never claims them. One host boot
 //! serves every check.
@@ -29,6 +33,9 @@ use xen_harness::{
     project_binary, GuestConfig, GuestKernel, GuestKind, HostConfig, Result, XenHost,
 };
 use xen_scenarios::{attach_rnetback, boot, ensure, init_logging, Figures};
+
+/// gntalloc's limit on grants, lowered while the 6.1 guest's vif connects.
+const GNTALLOC_LIMIT: &str = "/sys/module/xen_gntalloc/parameters/limit";
 
 /// Time allowed for the guests' network work (software emulation).
 const GUEST_DONE: Duration = Duration::from_secs(420);
@@ -193,8 +200,26 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
                 "rxen_me={me} rxen_peer={peer} rxen_reconnect={reconnect}"
             ))
             .hold();
+        // The 6.1 guest's rnetback finds gntalloc's limit reached when
+        // its frontend connects, so its copy buffers are plain memory;
+        // the 6.12 guest's are pages granted to dom0 itself.
+        let plain = kernel == GuestKernel::Linux61;
+        if plain {
+            h.run_ok(&format!("cat {GNTALLOC_LIMIT} > /tmp/gntalloc-limit; echo 0 > {GNTALLOC_LIMIT}\n"))?;
+        }
         let g = h.xl_create(&config)?;
         attach_rnetback(h, name, 0, mac, "xenbr0", "rvifDOMID.0", "")?;
+        if plain {
+            let connected = h.run_with(
+                &format!(
+                    "d=$(xl domid {name}); i=0; while ! grep -q ' -> Connected' /var/log/xen/rnetback-$d-0.log && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done; \
+                     cat /tmp/gntalloc-limit > {GNTALLOC_LIMIT}; grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log\n"
+                ),
+                &[],
+                Duration::from_secs(180),
+            )?;
+            ensure(connected.stdout.trim() == "1", format!("{name}'s vif did not connect: {connected:?}"))?;
+        }
         created.push(g);
     }
     let mut blobs = Vec::new();
@@ -219,7 +244,8 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         "for n in net-pv-61 net-pv-612; do d=$(xl domid $n); \
          echo $(xenstore-read /local/domain/0/backend/rvif/$d/0/state /local/domain/$d/device/vif/0/state); \
          ip -o link show rvif$d.0 | grep -o 'master [a-z0-9]*'; \
-         echo connects=$(grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log); done\n",
+         echo connects=$(grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log); \
+         echo plain=$(grep -c 'using plain memory' /var/log/xen/rnetback-$d-0.log); done\n",
     )?;
     for g in &created {
         h.xl_destroy(&g.name)?;
@@ -287,6 +313,13 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         nodes.lines().filter(|l| l.trim() == "4 4").count() == 2
             && nodes.matches("master xenbr0").count() == 2,
         format!("both vifs Connected with their TAPs on xenbr0: {nodes:?}"),
+    )?;
+    // The 6.1 guest's queues copied through plain memory (two buffers per
+    // queue), the 6.12 guest's through self-granted pages.
+    let plain: Vec<&str> = nodes.lines().filter(|l| l.starts_with("plain=")).collect();
+    ensure(
+        plain.len() == 2 && plain[0] != "plain=0" && plain[1] == "plain=0",
+        format!("copy buffers: plain memory for the 6.1 guest only (gntalloc's limit at 0 while it connected): {nodes:?}"),
     )?;
     // The 6.1 guest connected once; the 6.12 guest twice (the reconnect).
     ensure(
