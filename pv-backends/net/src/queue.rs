@@ -1,19 +1,25 @@
 //! One queue of an interface: its transmit and receive rings, their event
-//! channel(s), one queue of the TAP, and the thread that moves packets
-//! between them.
+//! channel(s), one queue of the TAP, and the thread(s) that move packets
+//! between them: one thread per ring with split event channels (each
+//! channel on an event channel handle of its own), as netback serves
+//! transmit in NAPI and receive in a guest-rx thread; one thread for both
+//! rings on a shared channel.
 //!
 //! The loop follows `ring.h`. Transmit: take every packet published (at
-//! most a ring's worth per round), copy each out with grant copies, write
-//! it to the TAP, answer its slots, and push the responses with one
-//! notify decision (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). Receive: read
-//! frames from the TAP while the frontend has posted enough requests for
-//! them, and push those responses the same way. A frame that does not fit
-//! the posted requests is held (the TAP is not read meanwhile, so the
-//! kernel queues or drops behind it) until the frontend posts more, with
-//! `req_event` set past the current `req_prod` as netback's
-//! `xenvif_rx_ring_slots_available` does. The thread sleeps on the event
-//! channel, the TAP and the stop signal only after
-//! `RING_FINAL_CHECK_FOR_REQUESTS` found nothing new on the transmit ring.
+//! most a ring's worth per round), copy them out with one batch of grant
+//! copies per [`BATCH_BYTES`] of packets, write each to the TAP, answer
+//! their slots, and push the responses with one notify decision
+//! (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). Receive: read frames from the
+//! TAP while the frontend has posted enough requests for them (at most
+//! [`BATCH_BYTES`] of them), copy them in with one batch, and push those
+//! responses the same way. The buffers copied through are pages granted to
+//! the backend's own domain where the platform can ([`QueueBuffers`]). A
+//! frame that does not fit the posted requests is held (the TAP is not read
+//! meanwhile, so the kernel queues or drops behind it) until the frontend
+//! posts more, with `req_event` set past the current `req_prod` as
+//! netback's `xenvif_rx_ring_slots_available` does. A thread sleeps on its
+//! event channel, the stop signal (and the TAP when it receives) only after
+//! `RING_FINAL_CHECK_FOR_REQUESTS` found nothing new on its transmit ring.
 //!
 //! A malicious frontend ([`tx::TxError::is_fatal`], or a ring whose
 //! producer index claims more than the ring holds) disables the whole
@@ -48,10 +54,11 @@ const RX_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Frames moved from the TAP per round, so that transmit is not starved.
 const RX_BATCH: usize = 64;
 /// Bytes of frames read from the TAP and copied to the frontend together
-/// (room for 7 of the largest), and of packets copied out of the
-/// frontend's pages together: 128 pages each, so that two queues' buffers
-/// take a quarter of gntalloc's default limit of 1024 grants.
-pub const BATCH_BYTES: usize = 128 * PAGE_SIZE;
+/// (room for 3 of the largest, or some 48 small ones, a page each), and of packets
+/// copied out of the frontend's pages together: 64 pages each, so that the
+/// buffers of a vif with two queues take a quarter of gntalloc's default
+/// limit of 1024 grants (for all of dom0); past it, plain memory.
+pub const BATCH_BYTES: usize = 64 * PAGE_SIZE;
 
 /// How long a packet whose first slots are published may wait for the
 /// rest before the frontend is treated as malicious
@@ -235,16 +242,8 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let tx_map = map("tx", rings.tx_ref)?;
         let rx_map = map("rx", rings.rx_ref)?;
         {
-            let tx_error = |source| QueueError::Ring {
-                queue: index,
-                ring: "tx",
-                source,
-            };
-            let rx_error = |source| QueueError::Ring {
-                queue: index,
-                ring: "rx",
-                source,
-            };
+            let tx_error = ring_error(index, "tx");
+            let rx_error = ring_error(index, "rx");
             let tx_mem = tx_map.memory();
             TxRing::new(tx_mem.ring_mem().map_err(tx_error)?)
                 .map_err(tx_error)?
@@ -439,14 +438,7 @@ fn serve<G: GrantMap, E: EventChannels>(
     let rx_mem = rx_map.map(MappedGrants::memory);
     let mut tx = match &tx_mem {
         Some(mem) => Some(TxSide {
-            ring: mem
-                .ring_mem()
-                .and_then(TxRing::new)
-                .map_err(|source| QueueError::Ring {
-                    queue,
-                    ring: "tx",
-                    source,
-                })?,
+            ring: mem.ring_mem().and_then(TxRing::new).map_err(ring_error(queue, "tx"))?,
             port: tx_port,
             batch: TxBatch::new(buffers.tx),
             incomplete: None,
@@ -455,14 +447,7 @@ fn serve<G: GrantMap, E: EventChannels>(
     };
     let mut rx = match &rx_mem {
         Some(mem) => Some(RxSide {
-            ring: mem
-                .ring_mem()
-                .and_then(RxRing::new)
-                .map_err(|source| QueueError::Ring {
-                    queue,
-                    ring: "rx",
-                    source,
-                })?,
+            ring: mem.ring_mem().and_then(RxRing::new).map_err(ring_error(queue, "rx"))?,
             port: rx_port,
             buf: buffers.rx,
             pending: None,
@@ -489,9 +474,8 @@ fn serve<G: GrantMap, E: EventChannels>(
             let Some(round) = tx_round(queue, tx, io, stop)? else {
                 return Ok(());
             };
-            if round.busy && push_and_check_notify(&mut tx.ring) {
-                evtchn.notify(tx.port).map_err(evtchn_error)?;
-                Stats::add(&io.stats.notifies, 1);
+            if round.busy {
+                push_and_notify(&mut tx.ring, evtchn, tx.port, &io.stats).map_err(evtchn_error)?;
             }
             progress = round;
         }
@@ -499,9 +483,8 @@ fn serve<G: GrantMap, E: EventChannels>(
             let Some(round) = rx_round(queue, rx, io, stop)? else {
                 return Ok(());
             };
-            if round.busy && push_and_check_notify(&mut rx.ring) {
-                evtchn.notify(rx.port).map_err(evtchn_error)?;
-                Stats::add(&io.stats.notifies, 1);
+            if round.busy {
+                push_and_notify(&mut rx.ring, evtchn, rx.port, &io.stats).map_err(evtchn_error)?;
             }
             progress.busy |= round.busy;
         }
@@ -721,6 +704,15 @@ fn rx_round<G: GrantMap>(
     Ok(Some(progress))
 }
 
+/// The error for queue `queue`'s ring `ring` (`"tx"` or `"rx"`).
+fn ring_error(queue: u32, ring: &'static str) -> impl Fn(RingError) -> QueueError + Copy {
+    move |source| QueueError::Ring {
+        queue,
+        ring,
+        source,
+    }
+}
+
 /// Disables the interface for a malicious frontend (`xenvif_fatal_tx_err`)
 /// and waits to be stopped.
 fn disable<G>(queue: u32, io: &QueueIo<G>, stop: &StopSignal, error: &dyn std::fmt::Display) {
@@ -736,15 +728,24 @@ fn park(queue: u32, stop: &StopSignal) {
     while !stop.wait(Duration::from_secs(3600)) {}
 }
 
-/// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`; a broken ring notifies nothing
-/// (the next round reports it).
-fn push_and_check_notify<
+/// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`, and the notify on `port` if
+/// the frontend asked for one; a broken ring notifies nothing (the next
+/// round reports it).
+fn push_and_notify<
     Req: hypercall_abi::ring::RingEntry,
     Rsp: hypercall_abi::ring::RingEntry,
+    E: EventChannels,
 >(
     ring: &mut hypercall_abi::ring::BackRing<'_, Req, Rsp>,
-) -> bool {
-    ring.push_responses_and_check_notify().unwrap_or(false)
+    evtchn: &E,
+    port: EvtchnPort,
+    stats: &Stats,
+) -> Result<(), EvtchnError> {
+    if ring.push_responses_and_check_notify().unwrap_or(false) {
+        evtchn.notify(port)?;
+        Stats::add(&stats.notifies, 1);
+    }
+    Ok(())
 }
 
 /// Whether `needed` receive requests are posted; if not, asks the frontend

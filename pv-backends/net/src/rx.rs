@@ -280,6 +280,24 @@ mod tests {
         ipv6_csum: true,
     };
 
+    /// Grants `n` zeroed pages (writable by the backend or not) and posts
+    /// them as requests `first_id`, `first_id + 1`, ...
+    fn post(
+        front: &mut FrontRing<'_, NetifRxRequest, NetifRxResponse>,
+        table: &MemGrantTable,
+        first_id: u16,
+        n: u16,
+        writable: bool,
+    ) -> Vec<hypercall_abi::xen::GrantRef> {
+        let grefs: Vec<_> = (0..n).map(|_| table.grant(writable)).collect();
+        for (id, gref) in (first_id..).zip(&grefs) {
+            let request = NetifRxRequest { id, pad: 0, gref: *gref };
+            front.put_request(&request).unwrap();
+        }
+        front.push_requests().unwrap();
+        grefs
+    }
+
     #[test]
     fn a_gso_frame_spans_pages_with_its_extra_info_second() {
         let table = MemGrantTable::new(2);
@@ -287,17 +305,7 @@ mod tests {
         let mut front =
             FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
         let mut back = RxRing::new(mem.mem()).unwrap();
-        let grefs: Vec<_> = (0..4).map(|_| table.grant(true)).collect();
-        for (id, gref) in grefs.iter().enumerate() {
-            front
-                .put_request(&NetifRxRequest {
-                    id: id as u16,
-                    pad: 0,
-                    gref: *gref,
-                })
-                .unwrap();
-        }
-        front.push_requests().unwrap();
+        let grefs = post(&mut front, &table, 0, 4, true);
         let mut frame = tcp4_frame(5000);
         let hdr = VirtioNetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -350,12 +358,7 @@ mod tests {
         let mut front =
             FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
         let mut back = RxRing::new(mem.mem()).unwrap();
-        let grefs: Vec<_> = (0..4).map(|_| table.grant(true)).collect();
-        for (id, gref) in grefs.iter().enumerate() {
-            let request = NetifRxRequest { id: 10 + id as u16, pad: 0, gref: *gref };
-            front.put_request(&request).unwrap();
-        }
-        front.push_requests().unwrap();
+        let grefs = post(&mut front, &table, 10, 4, true);
         let hdr = VirtioNetHdr::default();
         let mut small = tcp4_frame(100);
         let mut big = tcp4_frame(5000);
@@ -399,9 +402,7 @@ mod tests {
         let mut front =
             FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
         let mut back = RxRing::new(mem.mem()).unwrap();
-        let request = NetifRxRequest { id: 4, pad: 0, gref: table.grant(true) };
-        front.put_request(&request).unwrap();
-        front.push_requests().unwrap();
+        post(&mut front, &table, 4, 1, true);
         let mut frame = tcp4_frame(100);
         let frame_plan = plan(&VirtioNetHdr::default(), &mut frame, &ALL).unwrap();
 
@@ -421,14 +422,7 @@ mod tests {
         let mut front =
             FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
         let mut back = RxRing::new(mem.mem()).unwrap();
-        front
-            .put_request(&NetifRxRequest {
-                id: 9,
-                pad: 0,
-                gref: table.grant(true),
-            })
-            .unwrap();
-        front.push_requests().unwrap();
+        post(&mut front, &table, 9, 1, true);
         let mut big = tcp4_frame(6000);
         let hdr = VirtioNetHdr::default();
 
@@ -461,14 +455,7 @@ mod tests {
         let mut front =
             FrontRing::<NetifRxRequest, NetifRxResponse>::init_shared(mem.mem()).unwrap();
         let mut back = RxRing::new(mem.mem()).unwrap();
-        front
-            .put_request(&NetifRxRequest {
-                id: 1,
-                pad: 0,
-                gref: table.grant(false),
-            })
-            .unwrap();
-        front.push_requests().unwrap();
+        post(&mut front, &table, 1, 1, false);
         let mut frame = tcp4_frame(10);
         let plan = plan(&VirtioNetHdr::default(), &mut frame, &ALL).unwrap();
 

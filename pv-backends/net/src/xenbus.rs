@@ -23,8 +23,8 @@
 //!    (`<frontend>` or `<frontend>/queue-N`) `tx-ring-ref`, `rx-ring-ref`
 //!    and `event-channel-tx` with `event-channel-rx`, or `event-channel`;
 //!    maps the rings, binds the channels, sets the TAP's offloads to what
-//!    the frontend takes, starts one thread per queue, and moves to
-//!    Connected.
+//!    the frontend takes, starts each queue's thread(s) (two with split
+//!    event channels), and moves to Connected.
 //! 3. *Close*: when the frontend moves to Closing or Closed, the queues
 //!    stop and every grant is unmapped before the backend follows. A
 //!    frontend that comes back (Initialising after Closed) finds the
@@ -588,7 +588,7 @@ impl<P: Platform> Backend<P> {
     }
 
     /// Reads the frontend's nodes, maps its rings, binds its event
-    /// channels and starts a thread per queue.
+    /// channels and starts the queues' threads.
     fn connect_rings(&mut self) -> Result<Connection, BackendError> {
         let fe = self.fe_path.clone();
         if !self.feature("request-rx-copy")? {

@@ -124,27 +124,14 @@ pub trait CopyMemory: Send {
     fn own_grants(&self) -> Option<(DomId, &[GrantRef])>;
 }
 
-impl CopyMemory for Vec<u8> {
+/// Plain memory: a `Vec<u8>`, a `&mut [u8]`, ...
+impl<T: AsRef<[u8]> + AsMut<[u8]> + Send> CopyMemory for T {
     fn bytes(&self) -> &[u8] {
-        self
+        self.as_ref()
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        self
-    }
-
-    fn own_grants(&self) -> Option<(DomId, &[GrantRef])> {
-        None
-    }
-}
-
-impl CopyMemory for &mut [u8] {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self
+        self.as_mut()
     }
 
     fn own_grants(&self) -> Option<(DomId, &[GrantRef])> {
