@@ -57,7 +57,7 @@ echo "RXEN-IPERF done"
 
 fn main() {
     init_logging();
-    let seconds: u32 = std::env::var("RXEN_NET_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seconds: u32 = std::env::var("RXEN_NET_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut figures = Figures::default();
     let config = HostConfig::new("bench-net")
         .expect("the Xen test host is built (make xen-host)")
