@@ -45,12 +45,14 @@ pub trait Platform: Send + Sync + 'static {
     /// Connects to xenstore.
     fn xenstore(&self) -> Result<Self::Store, PlatformError>;
 
-    /// Zeroed memory of `bytes` (rounded up to whole pages) for grant
-    /// copies to and from frontends: pages granted to the own domain `own`
+    /// Zeroed memory for grant copies to and from frontends, of `bytes`
+    /// (rounded up to whole pages): pages granted to the own domain `own`
     /// where the platform can, so that copies name them by reference
-    /// ([`CopyMemory`]); plain memory otherwise.
-    fn copy_memory(&self, own: DomId, bytes: usize) -> Box<dyn CopyMemory> {
-        let _ = own;
+    /// ([`CopyMemory`]), possibly fewer of them (halving down to
+    /// `min_bytes`) when not that many can be granted; plain memory of
+    /// `bytes` otherwise.
+    fn copy_memory(&self, own: DomId, bytes: usize, min_bytes: usize) -> Box<dyn CopyMemory> {
+        let _ = (own, min_bytes);
         Box::new(vec![0u8; bytes])
     }
 }
@@ -77,18 +79,35 @@ impl Platform for XenPlatform {
         xen_linux::xenstore::open().map_err(|e| PlatformError::new("xenstore connection", e))
     }
 
-    /// Pages from `/dev/xen/gntalloc` granted to `own` itself; plain memory
-    /// if that fails (no gntalloc, or its limit on grants reached), which
-    /// works the same at a higher cost per copy.
-    fn copy_memory(&self, own: DomId, bytes: usize) -> Box<dyn CopyMemory> {
-        let pages = bytes.div_ceil(hypercall_abi::xen::PAGE_SIZE);
-        match LinuxGntalloc::open().map_err(|e| e.to_string()).and_then(|alloc| alloc.self_granted(own, pages).map_err(|e| e.to_string())) {
-            Ok(buffer) => Box::new(buffer),
-            Err(e) => {
-                log::info!("copy buffer of {pages} pages: cannot grant them to domain {own} ({e}); using plain memory (each copy then pins its pages)");
-                Box::new(vec![0u8; pages * hypercall_abi::xen::PAGE_SIZE])
+    /// Pages from `/dev/xen/gntalloc` granted to `own` itself, as many as
+    /// it grants (its `limit` parameter caps the grants of all its users
+    /// together, 1024 pages by default); plain memory if not even
+    /// `min_bytes` can be granted (or there is no gntalloc), which works the
+    /// same at a higher cost per copy.
+    fn copy_memory(&self, own: DomId, bytes: usize, min_bytes: usize) -> Box<dyn CopyMemory> {
+        use hypercall_abi::xen::PAGE_SIZE;
+        let pages = bytes.div_ceil(PAGE_SIZE);
+        let min_pages = min_bytes.div_ceil(PAGE_SIZE).clamp(1, pages.max(1));
+        let error = match LinuxGntalloc::open() {
+            Ok(alloc) => {
+                let mut count = pages;
+                loop {
+                    match alloc.self_granted(own, count) {
+                        Ok(buffer) => {
+                            if count < pages {
+                                log::info!("copy buffer: {count} of {pages} pages granted to domain {own} (gntalloc's limit)");
+                            }
+                            return Box::new(buffer);
+                        }
+                        Err(e) if count / 2 < min_pages => break e.to_string(),
+                        Err(_) => count /= 2,
+                    }
+                }
             }
-        }
+            Err(e) => e.to_string(),
+        };
+        log::info!("copy buffer of {pages} pages: cannot grant {min_pages} to domain {own} ({error}); using plain memory (each copy then pins its pages)");
+        Box::new(vec![0u8; pages * PAGE_SIZE])
     }
 }
 

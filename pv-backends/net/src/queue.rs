@@ -54,11 +54,14 @@ const RX_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Frames moved from the TAP per round, so that transmit is not starved.
 const RX_BATCH: usize = 64;
 /// Bytes of frames read from the TAP and copied to the frontend together
-/// (room for 3 of the largest, or some 48 small ones, a page each), and of packets
-/// copied out of the frontend's pages together: 64 pages each, so that the
-/// buffers of a vif with two queues take a quarter of gntalloc's default
-/// limit of 1024 grants (for all of dom0); past it, plain memory.
-pub const BATCH_BYTES: usize = 64 * PAGE_SIZE;
+/// (room for 7 of the largest), and of packets copied out of the
+/// frontend's pages together: 128 pages each, or fewer (down to
+/// [`MIN_BATCH_BYTES`]) where gntalloc cannot grant that many more.
+pub const BATCH_BYTES: usize = 128 * PAGE_SIZE;
+/// The least a copy buffer may hold: the largest frame after the page the
+/// receive buffer's first frame starts in.
+pub const MIN_BATCH_BYTES: usize = 32 * PAGE_SIZE;
+const _: () = assert!(PAGE_SIZE + MAX_FRAME <= MIN_BATCH_BYTES && VNET_HDR_LEN + MAX_FRAME <= MIN_BATCH_BYTES);
 
 /// How long a packet whose first slots are published may wait for the
 /// rest before the frontend is treated as malicious

@@ -684,8 +684,8 @@ impl<P: Platform> Backend<P> {
             };
             let own = self.cfg.backend_domid;
             let buffers = QueueBuffers {
-                tx: self.platform.copy_memory(own, queue::BATCH_BYTES),
-                rx: self.platform.copy_memory(own, queue::BATCH_BYTES),
+                tx: self.platform.copy_memory(own, queue::BATCH_BYTES, queue::MIN_BATCH_BYTES),
+                rx: self.platform.copy_memory(own, queue::BATCH_BYTES, queue::MIN_BATCH_BYTES),
             };
             match queue::spawn(queue, io, buffers, Arc::clone(&stop)) {
                 Ok(threads) => connection.threads.extend(threads),
