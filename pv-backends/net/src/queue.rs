@@ -377,16 +377,15 @@ impl TxBatch {
     }
 
     /// Copies the packets out, writes each to the TAP and writes the
-    /// responses of all their slots (not yet pushed). Returns whether
-    /// there were any.
+    /// responses of all their slots (not yet pushed).
     fn flush<G: GrantMap>(
         &mut self,
         queue: u32,
         io: &QueueIo<G>,
         ring: &mut TxRing<'_>,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<(), QueueError> {
         if self.packets.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let status = {
             // Only a lone packet larger than the whole buffer does not
@@ -421,46 +420,53 @@ impl TxBatch {
             }
         }
         self.used = 0;
-        Ok(true)
+        Ok(())
     }
 }
 
-/// Serves the rings of queue `index` whose mappings are given (one or
-/// both) until `stop`, sleeping on `evtchn` (and the TAP when receiving).
+/// What a thread needs to serve one ring: its mapped page, its local
+/// port, and the buffer its grant copies go through.
+struct RingParts<'a, G: GrantMap> {
+    map: &'a G::Mapped,
+    port: EvtchnPort,
+    buf: Box<dyn CopyMemory>,
+}
+
+/// Serves the rings of queue `index` that are given (one or both) until
+/// `stop`, sleeping on `evtchn` (and the TAP when receiving).
 fn serve<G: GrantMap, E: EventChannels>(
     index: u32,
     evtchn: &E,
-    (tx_map, tx_port): (Option<&G::Mapped>, EvtchnPort),
-    (rx_map, rx_port): (Option<&G::Mapped>, EvtchnPort),
-    buffers: QueueBuffers,
+    tx_parts: Option<RingParts<'_, G>>,
+    rx_parts: Option<RingParts<'_, G>>,
     io: &QueueIo<G>,
     stop: &StopSignal,
 ) -> Result<(), QueueError> {
     let queue = index;
-    let tx_mem = tx_map.map(MappedGrants::memory);
-    let rx_mem = rx_map.map(MappedGrants::memory);
-    let mut tx = match &tx_mem {
-        Some(mem) => Some(TxSide {
+    let tx_mem = tx_parts.as_ref().map(|p| p.map.memory());
+    let rx_mem = rx_parts.as_ref().map(|p| p.map.memory());
+    let mut tx = match (&tx_mem, tx_parts) {
+        (Some(mem), Some(parts)) => Some(TxSide {
             ring: mem.ring_mem().and_then(TxRing::new).map_err(ring_error(queue, "tx"))?,
-            port: tx_port,
-            batch: TxBatch::new(buffers.tx),
+            port: parts.port,
+            batch: TxBatch::new(parts.buf),
             incomplete: None,
         }),
-        None => None,
+        _ => None,
     };
-    let mut rx = match &rx_mem {
-        Some(mem) => Some(RxSide {
+    let mut rx = match (&rx_mem, rx_parts) {
+        (Some(mem), Some(parts)) => Some(RxSide {
             ring: mem.ring_mem().and_then(RxRing::new).map_err(ring_error(queue, "rx"))?,
-            port: rx_port,
-            buf: buffers.rx,
+            port: parts.port,
+            buf: parts.buf,
             pending: None,
         }),
-        None => None,
+        _ => None,
     };
     log::debug!(
-        "queue {queue}: serving{}{} on port(s) {tx_port}/{rx_port} with TAP {}",
-        if tx.is_some() { " tx" } else { "" },
-        if rx.is_some() { " rx" } else { "" },
+        "queue {queue}: serving{}{} with TAP {}",
+        tx.as_ref().map(|t| format!(" tx on port {}", t.port)).unwrap_or_default(),
+        rx.as_ref().map(|r| format!(" rx on port {}", r.port)).unwrap_or_default(),
         io.tap.name()
     );
     let evtchn_error = |source| QueueError::Evtchn { queue, source };
@@ -864,50 +870,26 @@ where
         tx_port,
         rx_port,
     } = queue;
+    let QueueBuffers { tx: tx_buf, rx: rx_buf } = buffers;
     let thread = |name: String| std::thread::Builder::new().name(name);
     let Some(rx_evtchn) = rx_evtchn else {
         let handle = thread(format!("rnetback-q{index}")).spawn(move || {
-            serve(
-                index,
-                &evtchn,
-                (Some(&tx_map), tx_port),
-                (Some(&rx_map), rx_port),
-                buffers,
-                &io,
-                &stop,
-            )
+            let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf };
+            let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf };
+            serve(index, &evtchn, Some(tx), Some(rx), &io, &stop)
         })?;
         return Ok(vec![handle]);
     };
     let rx_io = io.try_clone()?;
-    let QueueBuffers { tx: tx_buf, rx: rx_buf } = buffers;
-    // Each thread takes its own buffer; the other's is not used.
-    let empty = || Box::new(Vec::new()) as Box<dyn CopyMemory>;
-    let tx_buffers = QueueBuffers { tx: tx_buf, rx: empty() };
-    let rx_buffers = QueueBuffers { tx: empty(), rx: rx_buf };
     let tx_stop = Arc::clone(&stop);
     let tx = thread(format!("rnetback-q{index}-tx")).spawn(move || {
-        serve::<G, E>(
-            index,
-            &evtchn,
-            (Some(&tx_map), tx_port),
-            (None, rx_port),
-            tx_buffers,
-            &io,
-            &tx_stop,
-        )
+        let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf };
+        serve(index, &evtchn, Some(tx), None, &io, &tx_stop)
     })?;
     let rx_stop = Arc::clone(&stop);
     let rx = thread(format!("rnetback-q{index}-rx")).spawn(move || {
-        serve::<G, E>(
-            index,
-            &rx_evtchn,
-            (None, tx_port),
-            (Some(&rx_map), rx_port),
-            rx_buffers,
-            &rx_io,
-            &rx_stop,
-        )
+        let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf };
+        serve(index, &rx_evtchn, None, Some(rx), &rx_io, &rx_stop)
     });
     match rx {
         Ok(rx) => Ok(vec![tx, rx]),
