@@ -36,6 +36,12 @@ const SIZE_MIB: u32 = 128;
 fn rounds() -> usize {
     std::env::var("RXEN_KBLK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6)
 }
+/// The jobs run: `RXEN_KBLK_JOBS` (names, comma-separated) or all.
+fn jobs() -> Vec<fio::Job> {
+    let only = std::env::var("RXEN_KBLK_JOBS").unwrap_or_default();
+    fio::JOBS.into_iter().filter(|j| only.is_empty() || only.split(',').any(|o| o == j.0)).collect()
+}
+
 /// (label, xenbus driver, interrupt name) of each frontend.
 const DRIVERS: [(&str, &str, &str); 2] = [("rust", "vbd_rs", "blkif-rs"), ("c", "vbd", "blkif")];
 /// What is measured: (driver index, label, shell run before each job):
@@ -87,17 +93,22 @@ fn guest_script(seconds: u32, g: usize, rounds: std::ops::RangeInclusive<usize>)
          c_irqs pinned; for e in $cirqs; do q=${e%%:*}; \
          echo \"RXEN-FIO irq blkif $q can be pinned to cpu $(cat /proc/irq/$q/effective_affinity_list)\"; done\n",
     );
+    // irqs NAME: the interrupts so far of the lines named NAME, all CPUs.
+    s.push_str("irqs() { grep -E \" $1$\" /proc/interrupts | awk -v n=$(nproc) '{for (i = 2; i <= n + 1; i++) s += $i} END {print s + 0}'; }\n");
     for round in rounds {
-        for job in &fio::JOBS {
+        for job in jobs() {
             let mut order = VARIANTS;
             if round % 2 == 0 {
                 order.reverse();
             }
             for (d, label, pre) in order {
                 let (disk, _) = disk_of(d, g);
+                let irq = DRIVERS[d].2;
                 let labels = format!("drv={label} round={round} disk={disk}");
                 s.push_str(pre);
-                s.push_str(&fio::command(job, &format!("/dev/{disk}"), SIZE_MIB, seconds, &labels));
+                s.push_str(&format!("a=$(irqs {irq})\n"));
+                s.push_str(&fio::command(&job, &format!("/dev/{disk}"), SIZE_MIB, seconds, &labels));
+                s.push_str(&format!("echo \"RXEN-KBLK {labels} job={} irqs=$(($(irqs {irq}) - a))\"\n", job.0));
             }
         }
     }
@@ -113,15 +124,16 @@ fn main() {
     let mut host = boot(config, &mut figures).expect("the Xen test host boots");
     let result = run(&mut host, seconds);
     let _ = host.shutdown();
-    let rows = result.expect("the guest kernel block benchmark ran");
-    print_table(&rows, seconds);
+    let (rows, irqs) = result.expect("the guest kernel block benchmark ran");
+    print_table(&rows, &irqs, seconds);
     println!("\nhost figures:\n{}", figures.table());
 }
 
 /// rows[job][driver] = per-round values.
 type Rows = fio::Rows;
 
-fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
+/// Each job's results, then the frontend's interrupts in each run.
+fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
     h.run_ok(&format!(
         "set -e; mkdir -p /var/lib/rxen/bench\n\
          mountpoint -q /var/lib/rxen/bench || mount -t tmpfs -o size=512M tmpfs /var/lib/rxen/bench\n\
@@ -148,7 +160,7 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
         guest.vcpus = 2;
         let gd = h.xl_create(&guest)?;
         // Each job: fio's ramp, its seconds and start-up, per driver per round.
-        let jobs = (fio::JOBS.len() * VARIANTS.len() * range.count()) as u64;
+        let jobs = (jobs().len() * VARIANTS.len() * range.count()) as u64;
         let budget = (u64::from(seconds) + 10) * jobs + 300;
         let done = h.wait_guest_line(&gd, "RXEN-FIO done", Duration::from_secs(budget))?;
         log::info!("{}: {}", gd.name, done.line);
@@ -165,10 +177,17 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
         }
         console.push_str(&text);
     }
-    Ok(fio::rows(&console, &fio::JOBS, "drv", str::to_owned))
+    let mut irqs = Rows::new();
+    for line in console.lines().filter_map(|l| l.split_once("RXEN-KBLK ").map(|(_, r)| r)) {
+        let kv: std::collections::BTreeMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+        if let (Some(job), Some(drv), Some(n)) = (kv.get("job"), kv.get("drv"), kv.get("irqs").and_then(|n| n.parse().ok())) {
+            irqs.entry((*job).to_owned()).or_default().entry((*drv).to_owned()).or_default().push(n);
+        }
+    }
+    Ok((fio::rows(&console, &fio::JOBS, "drv", str::to_owned), irqs))
 }
 
-fn print_table(rows: &Rows, seconds: u32) {
+fn print_table(rows: &Rows, irqs: &Rows, seconds: u32) {
     println!(
         "\nguest block frontends, one patched 6.12 PV guest with a disk for each, Linux blkback, same fio jobs ({seconds} s each, median of {} rounds), {SIZE_MIB} MiB images on a dom0 tmpfs; C: the C driver as shipped (interrupts where Xen put them), C pinned: its queue i interrupt moved to vCPU i by hand, as the Rust driver places its own:",
         rounds()
@@ -197,4 +216,15 @@ fn print_table(rows: &Rows, seconds: u32) {
         );
     }
     println!("goal (Rust >= 1.0x C on every line): {}", if met { "met" } else { "NOT met" });
+    // Interrupts per I/O (per MB for the MB/s jobs): the medians of the
+    // runs' interrupts over their ramp and measured seconds, over the
+    // median rate (so approximate: fio's start-up is counted too).
+    println!("\nthe frontend's interrupts per I/O (per MB on the MB/s lines), approximate:");
+    println!("  {:<20} {:>10} {:>10} {:>10}", "job", "Rust", "C", "C pinned");
+    for (job, _, _) in fio::JOBS {
+        let per = |d: &str| fio::median(irqs, job, d) / f64::from(seconds + 1) / fio::median(rows, job, d);
+        if irqs.contains_key(job) {
+            println!("  {job:<20} {:>10.3} {:>10.3} {:>10.3}", per("rust"), per("c"), per("c-pinned"));
+        }
+    }
 }
