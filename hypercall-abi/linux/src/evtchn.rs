@@ -4,21 +4,30 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use hypercall_abi::platform::{EventChannels, EvtchnError};
+use hypercall_abi::platform::{unmask_and_wait_by_poll, EventChannels, EvtchnError, WaitFor, Wake};
 use hypercall_abi::xen::{DomId, EvtchnPort};
 
 use crate::error::{open_device, OpenError};
 use crate::sys::evtchn as sys;
+use crate::uring_wait::{UringWait, Woken};
 
 /// A handle on `/dev/xen/evtchn`: `xenevtchn_handle`.
 ///
 /// The fd is non-blocking, so [`EventChannels::pending`] never blocks; wait
 /// with [`EventChannels::wait`] or by polling [`EventChannels::fd`].
 /// Dropping the handle closes every port bound through it.
+///
+/// [`EventChannels::unmask_and_wait`] goes through an io_uring of the
+/// handle (one system call a wait instead of three), made at the first
+/// wait; where io_uring is missing or forbidden, or after
+/// [`set_wait_by_poll`]`(true)`, it polls.
 #[derive(Debug)]
 pub struct LinuxEvtchn {
+    /// Dropped before `file`: it cancels a read in flight on it.
+    waiter: Mutex<WaitMode>,
     file: File,
     /// Ports bound through this handle, to refuse operations on others
     /// (the kernel silently ignores unmasking a port that is not ours).
@@ -32,7 +41,7 @@ impl LinuxEvtchn {
     /// Opens the device.
     pub fn open() -> Result<Self, OpenError> {
         let file = open_device(Self::PATH, "xen-evtchn", libc::O_NONBLOCK)?;
-        Ok(Self { file, ports: Mutex::new(BTreeSet::new()) })
+        Ok(Self { waiter: Mutex::new(WaitMode::Untried), file, ports: Mutex::new(BTreeSet::new()) })
     }
 
     fn ports(&self) -> MutexGuard<'_, BTreeSet<EvtchnPort>> {
@@ -75,6 +84,46 @@ impl LinuxEvtchn {
 }
 
 /// Errors of allocating a port: out of ports, or an OS error.
+/// How [`EventChannels::unmask_and_wait`] waits on a [`LinuxEvtchn`].
+#[derive(Debug)]
+enum WaitMode {
+    /// Not waited yet.
+    Untried,
+    Uring(Box<UringWait>),
+    Poll,
+}
+
+static WAIT_BY_POLL: AtomicBool = AtomicBool::new(false);
+
+/// Makes the waits of handles that have not waited yet poll (three system
+/// calls a wait) instead of going through io_uring: for comparisons, and
+/// for hosts where io_uring misbehaves.
+pub fn set_wait_by_poll(poll: bool) {
+    WAIT_BY_POLL.store(poll, Ordering::Relaxed);
+}
+
+impl WaitMode {
+    /// The mode of a handle's first wait; the first of a process is
+    /// logged.
+    fn choose() -> WaitMode {
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        if WAIT_BY_POLL.load(Ordering::Relaxed) {
+            LOGGED.call_once(|| log::info!("event channel waits: poll, as asked"));
+            return WaitMode::Poll;
+        }
+        match UringWait::new() {
+            Ok(w) => {
+                LOGGED.call_once(|| log::info!("event channel waits: io_uring"));
+                WaitMode::Uring(Box::new(w))
+            }
+            Err(e) => {
+                LOGGED.call_once(|| log::info!("event channel waits: poll (no io_uring: {e})"));
+                WaitMode::Poll
+            }
+        }
+    }
+}
+
 fn bind_error(op: &'static str, source: io::Error) -> EvtchnError {
     match source.raw_os_error() {
         Some(libc::ENOSPC) => EvtchnError::NoFreePorts,
@@ -163,6 +212,34 @@ impl EventChannels for LinuxEvtchn {
                 source: io::Error::new(io::ErrorKind::WriteZero, format!("evtchn write took {n} bytes, not 4")),
             }),
             Err(source) => Err(EvtchnError::Io { op: "unmask", source }),
+        }
+    }
+
+    fn unmask_and_wait(&self, w: WaitFor<'_>) -> Result<Wake, EvtchnError> {
+        if let Some(port) = w.unmask {
+            self.bound(port)?;
+        }
+        // One thread waits on a handle; the lock is never contended.
+        let mut mode = self.waiter.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*mode, WaitMode::Untried) {
+            *mode = WaitMode::choose();
+        }
+        let WaitMode::Uring(waiter) = &mut *mode else {
+            drop(mode);
+            return unmask_and_wait_by_poll(self, w);
+        };
+        match waiter.wait(self.file.as_fd(), w.unmask, w.stop, w.also, w.timeout) {
+            Ok(Woken::Port(port)) => Ok(Wake::Port(port)),
+            Ok(Woken::Stopped) => Ok(Wake::Stopped),
+            Ok(Woken::Also) => Ok(Wake::Also),
+            Ok(Woken::TimedOut) => Ok(Wake::TimedOut),
+            Ok(Woken::Nothing) => Ok(Wake::Spurious),
+            Err(source) => {
+                if source.raw_os_error() == Some(libc::EFBIG) {
+                    log::error!("event channel buffer overflowed: events were lost; reset() and check every port");
+                }
+                Err(EvtchnError::Io { op: "unmask_and_wait", source })
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub mod gntdev;
 mod mapping;
 pub mod privcmd;
 pub mod sys;
+mod uring_wait;
 pub mod xenfs;
 pub mod xenstore;
 

@@ -134,6 +134,12 @@ struct Cli {
     /// only for hosts with CPUs to spare.
     #[arg(long, default_value_t = 0)]
     poll_us: u64,
+    /// How queue threads sleep between rounds: `uring` unmasks the event
+    /// channel, waits and takes the next event in one io_uring system call
+    /// (the default; `poll` where io_uring is missing), `poll` in three
+    /// (write, poll, read).
+    #[arg(long, value_enum, default_value_t = EvtchnWaitArg::Uring)]
+    evtchn_wait: EvtchnWaitArg,
     /// Persistent grants kept mapped per queue.
     #[arg(long, default_value_t = rblkback::grants::DEFAULT_MAX_PERSISTENT_GRANTS)]
     max_persistent_grants: usize,
@@ -143,6 +149,13 @@ struct Cli {
     /// The loopback hypervisor's directory (with --platform loopback).
     #[arg(long, required_if_eq("platform", "loopback"))]
     loopback_dir: Option<PathBuf>,
+}
+
+/// `--evtchn-wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EvtchnWaitArg {
+    Uring,
+    Poll,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +208,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
     cfg.max_indirect_segments = cli.max_indirect_segments;
     cfg.persistent = !cli.no_persistent;
     cfg.poll = std::time::Duration::from_micros(cli.poll_us);
+    xen_linux::evtchn::set_wait_by_poll(cli.evtchn_wait == EvtchnWaitArg::Poll);
     cfg.max_persistent_grants = cli.max_persistent_grants;
     match (cli.platform, cli.loopback_dir) {
         (PlatformKind::Loopback, Some(dir)) => serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, disk, cfg),

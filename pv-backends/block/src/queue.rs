@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hypercall_abi::platform::{EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
+use hypercall_abi::platform::{EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants, WaitFor, Wake};
 use hypercall_abi::ring::{BackRing, RingError, SringIndex};
 use hypercall_abi::xen::blkif::{BlkifRequest, BlkifResponse, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE};
 use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
@@ -72,15 +72,6 @@ pub enum QueueError {
         /// The ring error.
         #[source]
         source: RingError,
-    },
-    /// Waiting for events failed.
-    #[error("queue {queue}: waiting for events failed: {source}")]
-    Wait {
-        /// Queue index.
-        queue: u32,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
     },
 }
 
@@ -181,6 +172,8 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             log::debug!("queue {queue}: resuming at request {}", start.0);
         }
         let mut kick = self.kick;
+        // The port that woke this thread, masked until the next wait.
+        let mut masked = None;
         loop {
             if stop.is_stopped() {
                 // Answer what was served (held responses, see below).
@@ -256,26 +249,22 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             if ring.final_check_for_requests().map_err(ring_error)? {
                 continue;
             }
-            let [event, stopped] = pv_backend_common::poll_readable([self.evtchn.fd(), stop.fd()], None)
-                .map_err(|source| QueueError::Wait { queue, source })?;
-            if stopped {
-                return Ok(());
-            }
-            if event {
-                // Take the pending port and unmask it at once: the final
-                // check re-armed req_event, so an event from now on means
-                // new requests. This handle has one port bound, and a
-                // port stays masked from its delivery until the unmask,
-                // so there is at most one pending entry: one read, not a
-                // read until EAGAIN (a system call per wake-up saved).
-                if let Some(port) = self.evtchn.pending().map_err(evtchn_error)? {
-                    self.evtchn.unmask(port).map_err(evtchn_error)?;
-                } else {
-                    // Readable without a pending port: the peer's end went
-                    // away (a loopback doorbell hangs up). Do not spin while
-                    // the control thread notices and stops this queue.
-                    std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
-                }
+            // Sleep until the next event. The port that woke this thread
+            // stayed masked through the round and is unmasked by this
+            // wait, in the same system call where the platform can: an
+            // event that came meanwhile was held by the mask and wakes it
+            // at once. The final check re-armed req_event, so an event
+            // from now on means new requests. This handle has one port
+            // bound, and a port stays masked from its delivery until the
+            // unmask, so there is at most one pending entry to take.
+            match self.evtchn.unmask_and_wait(WaitFor::new(masked.take(), stop.fd())).map_err(evtchn_error)? {
+                Wake::Stopped => return Ok(()),
+                Wake::Port(port) => masked = Some(port),
+                Wake::Also | Wake::TimedOut => {}
+                // Readable without a pending port: the peer's end went
+                // away (a loopback doorbell hangs up). Do not spin while
+                // the control thread notices and stops this queue.
+                Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
             }
         }
     }

@@ -70,12 +70,25 @@ struct Cli {
     /// Do not offer feature-split-event-channels.
     #[arg(long)]
     no_split_event_channels: bool,
+    /// How queue threads sleep between rounds: `uring` unmasks the event
+    /// channel, waits (for it, the TAP or a timeout) and takes the next
+    /// event in one io_uring system call (the default; `poll` where
+    /// io_uring is missing), `poll` in three (write, poll, read).
+    #[arg(long, value_enum, default_value_t = EvtchnWaitArg::Uring)]
+    evtchn_wait: EvtchnWaitArg,
     /// The platform.
     #[arg(long, value_enum, default_value_t = PlatformKind::Xen)]
     platform: PlatformKind,
     /// The loopback hypervisor's directory (with --platform loopback).
     #[arg(long, required_if_eq("platform", "loopback"))]
     loopback_dir: Option<PathBuf>,
+}
+
+/// `--evtchn-wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EvtchnWaitArg {
+    Uring,
+    Poll,
 }
 
 fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
@@ -105,6 +118,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
     cfg.ifname = cli.ifname;
     cfg.mac = cli.mac;
     cfg.bridge = cli.bridge;
+    xen_linux::evtchn::set_wait_by_poll(cli.evtchn_wait == EvtchnWaitArg::Poll);
     cfg.mtu = cli.mtu;
     if let Some(max_queues) = cli.max_queues {
         cfg.max_queues = max_queues;

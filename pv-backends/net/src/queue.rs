@@ -31,7 +31,7 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hypercall_abi::platform::{CopyMemory, EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants};
+use hypercall_abi::platform::{CopyMemory, EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants, WaitFor, Wake};
 use hypercall_abi::ring::{RingError, SringIndex};
 use hypercall_abi::xen::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY};
 use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
@@ -122,15 +122,6 @@ pub enum QueueError {
     /// Reading the TAP failed.
     #[error("queue {queue}: reading the TAP failed: {source}")]
     Tap {
-        /// Queue index.
-        queue: u32,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Waiting for events failed.
-    #[error("queue {queue}: waiting for events failed: {source}")]
-    Wait {
         /// Queue index.
         queue: u32,
         /// The OS error.
@@ -470,6 +461,8 @@ fn serve<G: GrantMap, E: EventChannels>(
         io.tap.name()
     );
     let evtchn_error = |source| QueueError::Evtchn { queue, source };
+    // The port that woke this thread, masked until the next wait.
+    let mut masked = None;
     loop {
         if stop.is_stopped() {
             return Ok(());
@@ -518,35 +511,31 @@ fn serve<G: GrantMap, E: EventChannels>(
                 continue;
             }
         }
-        let mut fds = vec![evtchn.fd(), stop.fd()];
-        if rx.is_some() && rx_pending.is_none() {
-            fds.push(io.tap.fd());
-        }
         let timeout = if progress.tx_waiting {
             Some(INCOMPLETE_POLL)
         } else {
             (rx_pending.is_some() && !io.rx_notify).then_some(RX_POLL_INTERVAL)
         };
         Stats::add(&io.stats.sleeps, 1);
-        let ready = pv_backend_common::poll_readable_slice(&fds, timeout)
-            .map_err(|source| QueueError::Wait { queue, source })?;
-        if ready.get(1).copied().unwrap_or(false) {
-            return Ok(());
-        }
-        if ready.first().copied().unwrap_or(false) {
-            // Take the pending ports (masking them) and unmask them at
-            // once: the final checks re-armed the events, so an event
-            // from now on means new work.
-            let mut woken = false;
-            while let Some(port) = evtchn.pending().map_err(evtchn_error)? {
-                evtchn.unmask(port).map_err(evtchn_error)?;
-                woken = true;
-            }
-            if !woken {
-                // Readable without a pending port: the peer's end went
-                // away. Do not spin while the control thread notices.
-                std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF);
-            }
+        // Sleep until the next event, frame or timeout. The port that
+        // woke this thread stayed masked through the round and is
+        // unmasked by this wait, in the same system call where the
+        // platform can: an event that came meanwhile was held by the mask
+        // and wakes it at once. The final checks re-armed the events, so
+        // an event from now on means new work. This handle has one port.
+        let wait = WaitFor {
+            unmask: masked.take(),
+            stop: stop.fd(),
+            also: (rx.is_some() && rx_pending.is_none()).then(|| io.tap.fd()),
+            timeout,
+        };
+        match evtchn.unmask_and_wait(wait).map_err(evtchn_error)? {
+            Wake::Stopped => return Ok(()),
+            Wake::Port(port) => masked = Some(port),
+            Wake::Also | Wake::TimedOut => {}
+            // Readable without a pending port: the peer's end went away.
+            // Do not spin while the control thread notices.
+            Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
         }
     }
 }

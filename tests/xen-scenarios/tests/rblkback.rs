@@ -368,6 +368,10 @@ xenstore-read /local/domain/0/backend/{KIND}/$d/{XVDB}/state
     ))?;
     let done = h.wait_guest_line(&g, "RXEN-RESTART done", GUEST_DONE)?;
     figures.record("blk-restart create to fio done", done.since_create);
+    let waits = h.run_ok(&format!(
+        "grep -c 'event channel waits: io_uring' /var/log/xen/rblkback-$(xl domid {})-{XVDB}.log || true",
+        g.name
+    ))?;
     let console = h.guest_console(&g.name)?;
     h.xl_destroy(&g.name)?;
 
@@ -384,6 +388,9 @@ xenstore-read /local/domain/0/backend/{KIND}/$d/{XVDB}/state
         !console.contains("I/O error"),
         format!("the guest saw I/O errors:\n{}", tail_lines(&console, 30)),
     )?;
+    // Each of the three processes' queue threads slept through io_uring
+    // (one system call a wait; the first handle of a process logs it).
+    ensure(waits.trim() == "3", format!("io_uring waits logged by the 3 rblkback processes: {waits:?}"))?;
     Ok(())
 }
 

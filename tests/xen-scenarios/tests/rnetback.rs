@@ -245,7 +245,8 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
          echo $(xenstore-read /local/domain/0/backend/rvif/$d/0/state /local/domain/$d/device/vif/0/state); \
          ip -o link show rvif$d.0 | grep -o 'master [a-z0-9]*'; \
          echo connects=$(grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log); \
-         echo plain=$(grep -c 'using plain memory' /var/log/xen/rnetback-$d-0.log); done\n",
+         echo plain=$(grep -c 'using plain memory' /var/log/xen/rnetback-$d-0.log); \
+         echo waits=$(grep -c 'event channel waits: io_uring' /var/log/xen/rnetback-$d-0.log); done\n",
     )?;
     for g in &created {
         h.xl_destroy(&g.name)?;
@@ -320,6 +321,12 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ensure(
         plain.len() == 2 && plain[0] != "plain=0" && plain[1] == "plain=0",
         format!("copy buffers: plain memory for the 6.1 guest only (gntalloc's limit at 0 while it connected): {nodes:?}"),
+    )?;
+    // Both processes' queue threads sleep through io_uring (one system
+    // call a wait; the first handle of a process logs it).
+    ensure(
+        nodes.lines().filter(|l| l.starts_with("waits=")).collect::<Vec<_>>() == ["waits=1", "waits=1"],
+        format!("event channel waits through io_uring in both rnetback processes: {nodes:?}"),
     )?;
     // The 6.1 guest connected once; the 6.12 guest twice (the reconnect).
     ensure(

@@ -19,7 +19,7 @@ mod grant;
 mod memory;
 mod store;
 
-pub use evtchn::{EventChannels, EvtchnError};
+pub use evtchn::{unmask_and_wait_by_poll, EventChannels, EvtchnError, WaitFor, Wake};
 pub use grant::{CopyMemory, GrantCopyOp, GrantCopyPtr, GrantError, GrantMap, GrantShare, MappedGrants, SharedGrants};
 pub use memory::{SharedMemory, SharedMemoryError};
 pub use store::{Transaction, WatchEvent, Xenstore, XsError, XsPerm, XsPermAccess};
