@@ -50,11 +50,11 @@ fn guest_script(job: &str, seconds: u32) -> String {
         s.push_str(&format!(
             "i={i}; b={b}; {pre}\n\
              echo \"RXEN-PROF start {i} {b}\"\n\
-             grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i0; head -1 /proc/stat > /tmp/s0\n\
+             grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i0; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s0\n\
              fio --name=j --filename=/dev/{d} --direct=1 --ioengine=io_uring {job} --size=128M --runtime={seconds} --time_based --minimal 2>/tmp/fio.err | awk -F';' '{{print \"RXEN-PROF fio {b} riops=\" $8 \" rkib=\" $7 \" wiops=\" $49 \" wkib=\" $48}}'\n\
-             grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i1; head -1 /proc/stat > /tmp/s1\n\
+             grep -E 'blkif|timer|resched|callfunc' /proc/interrupts > /tmp/i1; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s1\n\
              paste /tmp/i0 /tmp/i1 | awk '{{n=NF/2; a=$2+$3; b=$(n+2)+$(n+3); print \"RXEN-PROF irq {b}\", b-a, \"cpu0\", $(n+2)-$2, \"cpu1\", $(n+3)-$3, $(n-1), $n}}'\n\
-             paste /tmp/s0 /tmp/s1 | awk '{{print \"RXEN-PROF stat {b} user\", $13-$2, \"sys\", $15-$4, \"idle\", $16-$5, \"irq\", $18-$7, \"softirq\", $19-$8, \"steal\", $20-$9}}'\n\
+             paste /tmp/s0 /tmp/s1 | awk '{{print \"RXEN-PROF stat {b}\", $1, \"user\", $13-$2, \"sys\", $15-$4, \"idle\", $16-$5, \"irq\", $18-$7, \"softirq\", $19-$8, \"steal\", $20-$9}}'\n\
              echo \"RXEN-PROF end {i} {b}\"\nsleep 3\n"
         ));
     }
