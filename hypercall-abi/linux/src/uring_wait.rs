@@ -127,12 +127,14 @@ impl UringWait {
             self.also_armed = Some(afd);
         }
         let ts = timeout.map(|t| types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos()));
-        let start = std::time::Instant::now();
+        // Read only with a timeout: without a vDSO clock (a PV dom0's
+        // "xen" clocksource) each reading is a system call.
+        let deadline = timeout.map(|t| (std::time::Instant::now(), t));
         let mut unmask_error = None;
         loop {
             // A call that submitted entries returns their count even when
             // its wait timed out, so the time is checked as well.
-            if timeout.is_some_and(|t| start.elapsed() >= t) && self.ring.completion().is_empty() {
+            if deadline.is_some_and(|(start, t)| start.elapsed() >= t) && self.ring.completion().is_empty() {
                 return Ok(Woken::TimedOut);
             }
             let submitted = match &ts {
