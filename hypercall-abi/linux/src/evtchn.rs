@@ -124,6 +124,15 @@ impl WaitMode {
     }
 }
 
+/// The error of a read of pending ports; an overflow of the kernel's
+/// buffer of them (`EFBIG`) is logged as well, since events were lost.
+fn read_error(op: &'static str, source: io::Error) -> EvtchnError {
+    if source.raw_os_error() == Some(libc::EFBIG) {
+        log::error!("event channel buffer overflowed: events were lost; reset() and check every port");
+    }
+    EvtchnError::Io { op, source }
+}
+
 fn bind_error(op: &'static str, source: io::Error) -> EvtchnError {
     match source.raw_os_error() {
         Some(libc::ENOSPC) => EvtchnError::NoFreePorts,
@@ -193,12 +202,7 @@ impl EventChannels for LinuxEvtchn {
                 }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    if source.raw_os_error() == Some(libc::EFBIG) {
-                        log::error!("event channel buffer overflowed: events were lost; reset() and check every port");
-                    }
-                    Err(EvtchnError::Io { op: "pending", source })
-                }
+                Err(source) => Err(read_error("pending", source)),
             };
         }
     }
@@ -234,12 +238,7 @@ impl EventChannels for LinuxEvtchn {
             Ok(Woken::Also) => Ok(Wake::Also),
             Ok(Woken::TimedOut) => Ok(Wake::TimedOut),
             Ok(Woken::Nothing) => Ok(Wake::Spurious),
-            Err(source) => {
-                if source.raw_os_error() == Some(libc::EFBIG) {
-                    log::error!("event channel buffer overflowed: events were lost; reset() and check every port");
-                }
-                Err(EvtchnError::Io { op: "unmask_and_wait", source })
-            }
+            Err(source) => Err(read_error("unmask_and_wait", source)),
         }
     }
 
