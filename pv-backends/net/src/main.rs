@@ -76,6 +76,12 @@ struct Cli {
     /// io_uring is missing), `poll` in three (write, poll, read).
     #[arg(long, value_enum, default_value_t = EvtchnWaitArg::Uring)]
     evtchn_wait: EvtchnWaitArg,
+    /// Who writes the frontend's packets to the TAP: `thread`, a thread
+    /// per queue beside the one that takes them off the ring and copies
+    /// them out (the default: the two overlap), or `inline`, that thread
+    /// itself.
+    #[arg(long, value_enum, default_value_t = TapWriterArg::Thread)]
+    tap_writer: TapWriterArg,
     /// The platform.
     #[arg(long, value_enum, default_value_t = PlatformKind::Xen)]
     platform: PlatformKind,
@@ -89,6 +95,13 @@ struct Cli {
 enum EvtchnWaitArg {
     Uring,
     Poll,
+}
+
+/// `--tap-writer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TapWriterArg {
+    Thread,
+    Inline,
 }
 
 fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
@@ -124,6 +137,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
         cfg.max_queues = max_queues;
     }
     cfg.split_event_channels = !cli.no_split_event_channels;
+    cfg.tap_writer_thread = cli.tap_writer == TapWriterArg::Thread;
     match (cli.platform, cli.loopback_dir) {
         (PlatformKind::Loopback, Some(dir)) => {
             serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, cfg)

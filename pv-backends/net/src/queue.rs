@@ -7,9 +7,14 @@
 //!
 //! The loop follows `ring.h`. Transmit: take every packet published (at
 //! most a ring's worth per round), copy them out with one batch of grant
-//! copies per [`BATCH_BYTES`] of packets, write each to the TAP, answer
-//! their slots, and push the responses with one notify decision
-//! (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). Receive: read frames from the
+//! copies per [`BATCH_BYTES`] of packets, answer their slots, write each
+//! to the TAP, and push the responses with one notify decision
+//! (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). By default a TAP writer
+//! thread per queue writes each batch to the TAP while the transmit
+//! thread copies the next into a second buffer: a TAP write carries the
+//! packet through dom0's network stack (bridge, IP, TCP up to the
+//! receiving socket) and takes about as long as the copies and the
+//! notify together, so the two overlap on two CPUs. Receive: read frames from the
 //! TAP while the frontend has posted enough requests for them (at most
 //! [`BATCH_BYTES`] of them), copy them in with one batch, and push those
 //! responses the same way. The buffers copied through are pages granted to
@@ -28,7 +33,7 @@
 //! and only a reconnect of the frontend brings it back.
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hypercall_abi::platform::{CopyMemory, EventChannels, EvtchnError, GrantError, GrantMap, MappedGrants, WaitFor, Wake};
@@ -38,7 +43,7 @@ use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use rxen_tap::{Tap, VirtioNetHdr, VNET_HDR_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::offload::{tx_vnet_hdr, RxFeatures};
+use crate::offload::{tx_vnet_hdr, RxFeatures, TxOffload};
 use crate::rx::{self, RxError, RxPlan, RxRing};
 use crate::stats::Stats;
 use crate::tx::{self, TxPacket, TxRing, TxVerdict};
@@ -318,6 +323,9 @@ pub struct QueueBuffers {
     pub tx: Box<dyn CopyMemory>,
     /// For frames to the frontend.
     pub rx: Box<dyn CopyMemory>,
+    /// A second buffer for packets from the frontend: given, the queue
+    /// has a TAP writer thread ([`serve`]).
+    pub tx_spare: Option<Box<dyn CopyMemory>>,
 }
 
 impl std::fmt::Debug for QueueBuffers {
@@ -325,6 +333,7 @@ impl std::fmt::Debug for QueueBuffers {
         f.debug_struct("QueueBuffers")
             .field("tx_granted", &self.tx.own_grants().is_some())
             .field("rx_granted", &self.rx.own_grants().is_some())
+            .field("tx_spare", &self.tx_spare.is_some())
             .finish()
     }
 }
@@ -346,14 +355,32 @@ struct TxBatch {
     /// The packets and where each starts in `buf`.
     packets: Vec<(TxPacket, usize)>,
     used: usize,
+    /// The queue's TAP writer thread, if it has one.
+    writer: Option<WriterLink>,
+}
+
+/// A batch of packets copied out, on its way to the TAP: each packet's
+/// offload, and where it lies in `buf` (with room for its header before).
+struct Filled {
+    buf: Box<dyn CopyMemory>,
+    frames: Vec<(TxOffload, std::ops::Range<usize>)>,
+}
+
+/// The transmit thread's end of its TAP writer: filled buffers go out,
+/// written ones come back. Two buffers circulate, so the transmit thread
+/// copies one batch out while the writer writes the last.
+struct WriterLink {
+    filled: mpsc::SyncSender<Filled>,
+    spare: mpsc::Receiver<Box<dyn CopyMemory>>,
 }
 
 impl TxBatch {
-    fn new(buf: Box<dyn CopyMemory>) -> Self {
+    fn new(buf: Box<dyn CopyMemory>, writer: Option<WriterLink>) -> Self {
         TxBatch {
             buf,
             packets: Vec::new(),
             used: 0,
+            writer,
         }
     }
 
@@ -367,8 +394,10 @@ impl TxBatch {
         self.packets.push((packet, start));
     }
 
-    /// Copies the packets out, writes each to the TAP and writes the
-    /// responses of all their slots (not yet pushed).
+    /// Copies the packets out, writes the responses of all their slots
+    /// (not yet pushed), and writes the packets to the TAP, or hands them
+    /// to the writer thread. A response only says that the frontend's
+    /// pages are free again, which they are once the copies are done.
     fn flush<G: GrantMap>(
         &mut self,
         queue: u32,
@@ -385,19 +414,16 @@ impl TxBatch {
             tx::copy_packets_into(&*io.grants, io.frontend, &items, &mut *self.buf)
                 .map_err(|source| QueueError::Copy { queue, source })?
         };
+        let mut frames = Vec::with_capacity(self.packets.len());
         for ((packet, start), status) in self.packets.drain(..).zip(status) {
-            let len = VNET_HDR_LEN + packet.len();
-            match self.buf.bytes_mut().get_mut(start..start + len) {
-                Some(bytes) if status.iter().all(Result::is_ok) => {
-                    send_to_tap(queue, io, &packet.offload, bytes)
-                }
-                _ => {
-                    log::debug!(
-                        "queue {queue}: tx: a grant of packet {} could not be copied",
-                        packet.first.id
-                    );
-                    Stats::add(&io.stats.tx_errors, 1);
-                }
+            if status.iter().all(Result::is_ok) {
+                frames.push((packet.offload, start..start + VNET_HDR_LEN + packet.len()));
+            } else {
+                log::debug!(
+                    "queue {queue}: tx: a grant of packet {} could not be copied",
+                    packet.first.id
+                );
+                Stats::add(&io.stats.tx_errors, 1);
             }
             let responses = packet.responses(|i| match status.get(i) {
                 Some(Ok(())) => NETIF_RSP_OKAY,
@@ -411,7 +437,47 @@ impl TxBatch {
             }
         }
         self.used = 0;
+        match &self.writer {
+            None => {
+                for (offload, range) in frames {
+                    if let Some(bytes) = self.buf.bytes_mut().get_mut(range) {
+                        send_to_tap(queue, &io.tap, &io.stats, &offload, bytes);
+                    }
+                }
+            }
+            Some(link) => {
+                // Waits while the writer still writes the batch before.
+                let writer_gone = || QueueError::Tap {
+                    queue,
+                    source: std::io::Error::other("the TAP writer thread ended"),
+                };
+                let next = link.spare.recv().map_err(|_| writer_gone())?;
+                let buf = std::mem::replace(&mut self.buf, next);
+                link.filled.send(Filled { buf, frames }).map_err(|_| writer_gone())?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// A queue's TAP writer: writes each batch it is given, in order, and
+/// hands its buffer back; ends when the transmit thread drops its end.
+fn write_batches(
+    queue: u32,
+    tap: &Tap,
+    stats: &Stats,
+    filled: &mpsc::Receiver<Filled>,
+    spare: &mpsc::SyncSender<Box<dyn CopyMemory>>,
+) {
+    while let Ok(Filled { mut buf, frames }) = filled.recv() {
+        for (offload, range) in frames {
+            if let Some(bytes) = buf.bytes_mut().get_mut(range) {
+                send_to_tap(queue, tap, stats, &offload, bytes);
+            }
+        }
+        if spare.send(buf).is_err() {
+            return;
+        }
     }
 }
 
@@ -421,6 +487,9 @@ struct RingParts<'a, G: GrantMap> {
     map: &'a G::Mapped,
     port: EvtchnPort,
     buf: Box<dyn CopyMemory>,
+    /// A second transmit buffer: given, a TAP writer thread writes each
+    /// batch while the next is copied into the other buffer.
+    spare: Option<Box<dyn CopyMemory>>,
 }
 
 /// Serves the rings of queue `index` that are given (one or both) until
@@ -428,10 +497,49 @@ struct RingParts<'a, G: GrantMap> {
 fn serve<G: GrantMap, E: EventChannels>(
     index: u32,
     evtchn: &E,
+    mut tx_parts: Option<RingParts<'_, G>>,
+    rx_parts: Option<RingParts<'_, G>>,
+    io: &QueueIo<G>,
+    stop: &StopSignal,
+) -> Result<(), QueueError> {
+    let Some(spare) = tx_parts.as_mut().and_then(|p| p.spare.take()) else {
+        return serve_rings(index, evtchn, tx_parts, rx_parts, io, stop, None);
+    };
+    // One batch in the writer, one being filled: the writer never waits
+    // to hand a buffer back.
+    let (filled_tx, filled_rx) = mpsc::sync_channel(1);
+    let (spare_tx, spare_rx) = mpsc::sync_channel(2);
+    let _ = spare_tx.send(spare);
+    let (tap, stats) = (&io.tap, &*io.stats);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name(format!("rnetback-q{index}-tap"))
+            .spawn_scoped(scope, move || write_batches(index, tap, stats, &filled_rx, &spare_tx));
+        let link = match writer {
+            Ok(_) => Some(WriterLink {
+                filled: filled_tx,
+                spare: spare_rx,
+            }),
+            Err(e) => {
+                log::warn!("queue {index}: no TAP writer thread ({e}); the transmit thread writes");
+                None
+            }
+        };
+        // Returning drops the link, which ends the writer after the
+        // batches it has; the scope waits for it.
+        serve_rings(index, evtchn, tx_parts, rx_parts, io, stop, link)
+    })
+}
+
+/// [`serve`], with the TAP writer's link if the queue has one.
+fn serve_rings<G: GrantMap, E: EventChannels>(
+    index: u32,
+    evtchn: &E,
     tx_parts: Option<RingParts<'_, G>>,
     rx_parts: Option<RingParts<'_, G>>,
     io: &QueueIo<G>,
     stop: &StopSignal,
+    writer: Option<WriterLink>,
 ) -> Result<(), QueueError> {
     let queue = index;
     let tx_mem = tx_parts.as_ref().map(|p| p.map.memory());
@@ -440,7 +548,7 @@ fn serve<G: GrantMap, E: EventChannels>(
         (Some(mem), Some(parts)) => Some(TxSide {
             ring: mem.ring_mem().and_then(TxRing::new).map_err(ring_error(queue, "tx"))?,
             port: parts.port,
-            batch: TxBatch::new(parts.buf),
+            batch: TxBatch::new(parts.buf, writer),
             incomplete: None,
         }),
         _ => None,
@@ -806,12 +914,7 @@ fn read_frame<G>(queue: u32, io: &QueueIo<G>, buf: &mut [u8]) -> Result<Frame, Q
 }
 
 /// Writes a packet copied into `buf` (after room for the header) to the TAP.
-fn send_to_tap<G>(
-    queue: u32,
-    io: &QueueIo<G>,
-    offload: &crate::offload::TxOffload,
-    buf: &mut [u8],
-) {
+fn send_to_tap(queue: u32, tap: &Tap, stats: &Stats, offload: &TxOffload, buf: &mut [u8]) {
     let Some((head, frame)) = buf.split_at_mut_checked(VNET_HDR_LEN) else {
         return;
     };
@@ -819,20 +922,20 @@ fn send_to_tap<G>(
         Ok(hdr) => hdr,
         Err(e) => {
             log::debug!("queue {queue}: tx: dropping a packet: {e}");
-            Stats::add(&io.stats.tx_dropped, 1);
+            Stats::add(&stats.tx_dropped, 1);
             return;
         }
     };
     head.copy_from_slice(hdr.as_bytes());
     let len = frame.len();
-    match io.tap.send(buf) {
+    match tap.send(buf) {
         Ok(_) => {
-            Stats::add(&io.stats.tx_packets, 1);
-            Stats::add(&io.stats.tx_bytes, len as u64);
+            Stats::add(&stats.tx_packets, 1);
+            Stats::add(&stats.tx_bytes, len as u64);
         }
         Err(e) => {
             log::debug!("queue {queue}: tx: the TAP refused a {len}-byte packet: {e}");
-            Stats::add(&io.stats.tx_dropped, 1);
+            Stats::add(&stats.tx_dropped, 1);
         }
     }
 }
@@ -859,12 +962,12 @@ where
         tx_port,
         rx_port,
     } = queue;
-    let QueueBuffers { tx: tx_buf, rx: rx_buf } = buffers;
+    let QueueBuffers { tx: tx_buf, rx: rx_buf, tx_spare } = buffers;
     let thread = |name: String| std::thread::Builder::new().name(name);
     let Some(rx_evtchn) = rx_evtchn else {
         let handle = thread(format!("rnetback-q{index}")).spawn(move || {
-            let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf };
-            let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf };
+            let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf, spare: tx_spare };
+            let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf, spare: None };
             serve(index, &evtchn, Some(tx), Some(rx), &io, &stop)
         })?;
         return Ok(vec![handle]);
@@ -872,12 +975,12 @@ where
     let rx_io = io.try_clone()?;
     let tx_stop = Arc::clone(&stop);
     let tx = thread(format!("rnetback-q{index}-tx")).spawn(move || {
-        let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf };
+        let tx = RingParts::<G> { map: &tx_map, port: tx_port, buf: tx_buf, spare: tx_spare };
         serve(index, &evtchn, Some(tx), None, &io, &tx_stop)
     })?;
     let rx_stop = Arc::clone(&stop);
     let rx = thread(format!("rnetback-q{index}-rx")).spawn(move || {
-        let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf };
+        let rx = RingParts::<G> { map: &rx_map, port: rx_port, buf: rx_buf, spare: None };
         serve(index, &rx_evtchn, None, Some(rx), &rx_io, &rx_stop)
     });
     match rx {

@@ -86,6 +86,11 @@ pub struct BackendConfig {
     pub max_queues: u32,
     /// Offer `feature-split-event-channels`.
     pub split_event_channels: bool,
+    /// Write packets from the frontend to the TAP on a thread of their
+    /// own per queue (see [`crate::queue`]), so that the next batch is
+    /// copied out while the TAP takes the last; else on the transmit
+    /// thread.
+    pub tap_writer_thread: bool,
     /// Write `hotplug-status` = `connected` once the TAP is set up, as the
     /// hotplug script does for in-kernel netback (libxl waits for it).
     pub hotplug_status: bool,
@@ -111,6 +116,7 @@ impl BackendConfig {
                 .map_or(1, |n| n.get() as u32)
                 .min(MAX_QUEUES),
             split_event_channels: true,
+            tap_writer_thread: true,
             hotplug_status: true,
             poll_interval: Duration::from_millis(200),
         }
@@ -686,6 +692,10 @@ impl<P: Platform> Backend<P> {
             let buffers = QueueBuffers {
                 tx: self.platform.copy_memory(own, queue::BATCH_BYTES, queue::MIN_BATCH_BYTES),
                 rx: self.platform.copy_memory(own, queue::BATCH_BYTES, queue::MIN_BATCH_BYTES),
+                tx_spare: self
+                    .cfg
+                    .tap_writer_thread
+                    .then(|| self.platform.copy_memory(own, queue::BATCH_BYTES, queue::MIN_BATCH_BYTES)),
             };
             match queue::spawn(queue, io, buffers, Arc::clone(&stop)) {
                 Ok(threads) => connection.threads.extend(threads),
