@@ -345,6 +345,10 @@ struct Progress {
     busy: bool,
     /// The transmit ring's head packet is published in part.
     tx_waiting: bool,
+    /// The receive round read the TAP until it had nothing more: another
+    /// round right away would only read nothing again, while the wait's
+    /// poll of the TAP ends at once if a frame came meanwhile.
+    rx_drained: bool,
 }
 
 /// Packets taken off the transmit ring whose data is copied out with one
@@ -357,7 +361,14 @@ struct TxBatch {
     used: usize,
     /// The queue's TAP writer thread, if it has one.
     writer: Option<WriterLink>,
+    /// The second buffer, while the writer is not writing from it.
+    spare: Option<Box<dyn CopyMemory>>,
 }
+
+/// A batch of at most this many bytes (acknowledgements, pings) is
+/// written by the transmit thread itself when the writer is idle: waking
+/// the writer would cost more than the write.
+const SMALL_BATCH_BYTES: usize = 4096;
 
 /// A batch of packets copied out, on its way to the TAP: each packet's
 /// offload, and where it lies in `buf` (with room for its header before).
@@ -381,6 +392,7 @@ impl TxBatch {
             packets: Vec::new(),
             used: 0,
             writer,
+            spare: None,
         }
     }
 
@@ -437,26 +449,42 @@ impl TxBatch {
             }
         }
         self.used = 0;
-        match &self.writer {
-            None => {
-                for (offload, range) in frames {
-                    if let Some(bytes) = self.buf.bytes_mut().get_mut(range) {
-                        send_to_tap(queue, &io.tap, &io.stats, &offload, bytes);
-                    }
-                }
-            }
-            Some(link) => {
-                // Waits while the writer still writes the batch before.
-                let writer_gone = || QueueError::Tap {
-                    queue,
-                    source: std::io::Error::other("the TAP writer thread ended"),
-                };
-                let next = link.spare.recv().map_err(|_| writer_gone())?;
-                let buf = std::mem::replace(&mut self.buf, next);
-                link.filled.send(Filled { buf, frames }).map_err(|_| writer_gone())?;
+        let Some(link) = &self.writer else {
+            self.write(queue, io, frames);
+            return Ok(());
+        };
+        if self.spare.is_none() {
+            self.spare = link.spare.try_recv().ok();
+        }
+        // With the writer idle (both buffers here), a small batch is
+        // written here; otherwise it goes to the writer, after the batch
+        // it has, so that the TAP gets every packet in ring order.
+        let bytes: usize = frames.iter().map(|(_, range)| range.len()).sum();
+        if self.spare.is_some() && bytes <= SMALL_BATCH_BYTES {
+            self.write(queue, io, frames);
+            return Ok(());
+        }
+        let writer_gone = || QueueError::Tap {
+            queue,
+            source: std::io::Error::other("the TAP writer thread ended"),
+        };
+        let next = match self.spare.take() {
+            Some(spare) => spare,
+            // Waits while the writer still writes the batch before.
+            None => link.spare.recv().map_err(|_| writer_gone())?,
+        };
+        let buf = std::mem::replace(&mut self.buf, next);
+        link.filled.send(Filled { buf, frames }).map_err(|_| writer_gone())?;
+        Ok(())
+    }
+
+    /// Writes copied-out packets to the TAP on this thread.
+    fn write<G>(&mut self, queue: u32, io: &QueueIo<G>, frames: Vec<(TxOffload, std::ops::Range<usize>)>) {
+        for (offload, range) in frames {
+            if let Some(bytes) = self.buf.bytes_mut().get_mut(range) {
+                send_to_tap(queue, &io.tap, &io.stats, &offload, bytes);
             }
         }
-        Ok(())
     }
 }
 
@@ -589,6 +617,7 @@ fn serve_rings<G: GrantMap, E: EventChannels>(
             }
             progress = round;
         }
+        let mut rx_more = false;
         if let Some(rx) = rx.as_mut() {
             let Some(round) = rx_round(queue, rx, io, stop)? else {
                 return Ok(());
@@ -596,9 +625,12 @@ fn serve_rings<G: GrantMap, E: EventChannels>(
             if round.busy {
                 push_and_notify(&mut rx.ring, evtchn, rx.port, &io.stats).map_err(evtchn_error)?;
             }
-            progress.busy |= round.busy;
+            rx_more = round.busy && !round.rx_drained;
         }
-        if progress.busy {
+        // Another round at once while transmit moved something, or
+        // receive stopped before the TAP was empty; otherwise the final
+        // checks and the wait.
+        if progress.busy || rx_more {
             continue;
         }
 
@@ -744,6 +776,7 @@ fn rx_round<G: GrantMap>(
     io: &QueueIo<G>,
     stop: &StopSignal,
 ) -> Result<Option<Progress>, QueueError> {
+    let mut progress = Progress::default();
     let mut staged = Vec::new();
     let mut used = 0;
     // A frame read but not staged: (start in buf, length, plan).
@@ -758,7 +791,10 @@ fn rx_round<G: GrantMap>(
                     break;
                 };
                 match read_frame(queue, io, room)? {
-                    Frame::None => break,
+                    Frame::None => {
+                        progress.rx_drained = true;
+                        break;
+                    }
                     Frame::Dropped => continue,
                     Frame::Ready(len, plan) => (start, len, plan),
                 }
@@ -780,7 +816,6 @@ fn rx_round<G: GrantMap>(
             Err(RxError::Copy(source)) => return Err(QueueError::Copy { queue, source }),
         }
     }
-    let mut progress = Progress::default();
     if !staged.is_empty() {
         let copied = match rx::deliver_staged(&mut rx.ring, &*io.grants, io.frontend, &mut *rx.buf, &staged)
         {

@@ -6,6 +6,11 @@
 //! order over the rounds: guest to dom0 and dom0 to guest (`-R`). Prints
 //! the median of the rounds (Mbit/s, as the receiver counted) and the
 //! ratios rnetback / netback (goal >= 1.0 both ways).
+//!
+//! `RXEN_NET_VARIANT="ARGS"` adds a third vif, served by a second rnetback
+//! with those arguments (on xenbr2, dom0 192.168.202.1), measured in the
+//! same rounds: an A/B of an option in one boot, e.g.
+//! `RXEN_NET_VARIANT="--tap-writer inline"`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,10 +24,19 @@ use xen_scenarios::{attach_rnetback, boot, init_logging, Figures};
 const ROUNDS: usize = 3;
 const NETBACK_MAC: &str = "00:16:3e:52:01:01";
 const RNETBACK_MAC: &str = "00:16:3e:52:01:02";
+const VARIANT_MAC: &str = "00:16:3e:52:01:03";
 /// (direction, iperf3 flag).
 const DIRECTIONS: [(&str, &str); 2] = [("guest-to-dom0", ""), ("dom0-to-guest", "-R")];
 
-fn guest_script(seconds: u32) -> String {
+fn guest_script(seconds: u32, variant: bool) -> String {
+    let (variant_setup, variant_order) = if variant {
+        (
+            format!("v=$(ifname {VARIANT_MAC}); ip addr add 192.168.202.50/24 dev $v; ip link set $v up"),
+            " variant",
+        )
+    } else {
+        (String::new(), "")
+    };
     format!(
         r#"#!/bin/sh
 ifname() {{ # MAC: the interface that has it, after up to 60 s
@@ -36,11 +50,12 @@ k=$(ifname {NETBACK_MAC}); r=$(ifname {RNETBACK_MAC})
 ip link set lo up
 ip addr add 192.168.200.50/24 dev $k; ip link set $k up
 ip addr add 192.168.201.50/24 dev $r; ip link set $r up
+{variant_setup}
 sleep 2
 for round in $(seq {ROUNDS}); do
-    case $round in 2) order='netback rnetback' ;; *) order='rnetback netback' ;; esac
+    case $round in 2) order='netback rnetback{variant_order}' ;; *) order='rnetback{variant_order} netback' ;; esac
     for b in $order; do
-        case $b in netback) ip=192.168.200.1 ;; *) ip=192.168.201.1 ;; esac
+        case $b in netback) ip=192.168.200.1 ;; variant) ip=192.168.202.1 ;; *) ip=192.168.201.1 ;; esac
         for d in {dirs}; do
             case $d in dom0-to-guest) flag=-R ;; *) flag= ;; esac
             mbps=$(iperf3 -c $ip -t {seconds} -f m $flag 2>/tmp/iperf.err | awk '/receiver/ {{print $7}}')
@@ -64,7 +79,8 @@ fn main() {
         .with_project_binary("rnetback")
         .expect("project binaries are built (cargo build --release --workspace --bins)");
     let mut host = boot(config, &mut figures).expect("the Xen test host boots");
-    let result = run(&mut host, seconds);
+    let variant = std::env::var("RXEN_NET_VARIANT").ok();
+    let result = run(&mut host, seconds, variant.as_deref());
     if result.is_err() {
         if let Ok(out) = host.run("tail -n 20 /var/log/xen/rnetback-*.log 2>/dev/null") {
             eprintln!("{}", out.stdout);
@@ -72,21 +88,21 @@ fn main() {
     }
     let _ = host.shutdown();
     let rows = result.expect("the network benchmark ran");
-    print_table(&rows, seconds);
+    print_table(&rows, seconds, variant.as_deref());
     println!("\nhost figures:\n{}", figures.table());
 }
 
 /// rows[direction][backend] = per-round Mbit/s.
 type Rows = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
-fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
+fn run(h: &mut XenHost, seconds: u32, variant: Option<&str>) -> xen_harness::Result<Rows> {
     h.run_ok(
-        "set -e; ip link show xenbr1 >/dev/null 2>&1 || ip link add xenbr1 type bridge\n\
-         ip addr add 192.168.201.1/24 dev xenbr1 2>/dev/null || true; ip link set xenbr1 up\n\
+        "set -e; for b in 1 2; do ip link show xenbr$b >/dev/null 2>&1 || ip link add xenbr$b type bridge\n\
+         ip addr add 192.168.20$b.1/24 dev xenbr$b 2>/dev/null || true; ip link set xenbr$b up; done\n\
          iperf3 -s -D >/dev/null 2>&1 </dev/null\n",
     )?;
     let mut overlay = Archive::new();
-    overlay.file("/rxen/guest.d/40-iperf", 0o755, guest_script(seconds).as_bytes());
+    overlay.file("/rxen/guest.d/40-iperf", 0o755, guest_script(seconds, variant.is_some()).as_bytes());
     let initrd = h.guest_initrd_with("bench-net", overlay)?;
     let mut guest = GuestConfig::new("bench-net", GuestKind::Pv, GuestKernel::Linux612).with_ramdisk(&initrd).hold();
     guest.vifs.push(format!("bridge=xenbr0,mac={NETBACK_MAC}"));
@@ -94,6 +110,9 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     guest.vcpus = 2;
     let g = h.xl_create(&guest)?;
     attach_rnetback(h, &g.name, 1, RNETBACK_MAC, "xenbr1", "rvifDOMID.1", "")?;
+    if let Some(args) = variant {
+        attach_rnetback(h, &g.name, 2, VARIANT_MAC, "xenbr2", "rvifDOMID.2", args)?;
+    }
     let budget = Duration::from_secs(u64::from(seconds + 4) * 4 * ROUNDS as u64 + 600);
     h.wait_guest_line(&g, "RXEN-IPERF done", budget)?;
     let console = h.guest_console(&g.name)?;
@@ -126,7 +145,7 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     Ok(rows)
 }
 
-fn print_table(rows: &Rows, seconds: u32) {
+fn print_table(rows: &Rows, seconds: u32, variant: Option<&str>) {
     let median = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
@@ -142,6 +161,14 @@ fn print_table(rows: &Rows, seconds: u32) {
         let (r, k) = (get("rnetback"), get("netback"));
         met &= r >= k && r > 0.0;
         println!("  {dir:<16} {r:>10.1} {k:>10.1} {:>7.2}x", r / k);
+    }
+    if let Some(args) = variant {
+        println!("variant: rnetback {args}, same rounds (not part of the goal):");
+        for (dir, _) in DIRECTIONS {
+            let get = |b: &str| rows.get(dir).and_then(|r| r.get(b)).map_or(0.0, |v| median(v));
+            let (v, r, k) = (get("variant"), get("rnetback"), get("netback"));
+            println!("  {dir:<16} {v:>10.1} Mbit/s  variant/rnetback {:.2}x  variant/netback {:.2}x", v / r, v / k);
+        }
     }
     println!("goal (>= 1.0x netback both ways): {}", if met { "met" } else { "NOT met" });
 }
