@@ -246,7 +246,8 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
          ip -o link show rvif$d.0 | grep -o 'master [a-z0-9]*'; \
          echo connects=$(grep -c ' -> Connected' /var/log/xen/rnetback-$d-0.log); \
          echo plain=$(grep -c 'using plain memory' /var/log/xen/rnetback-$d-0.log); \
-         echo waits=$(grep -c 'event channel waits: io_uring' /var/log/xen/rnetback-$d-0.log); done\n",
+         echo waits=$(grep -c 'event channel waits: io_uring' /var/log/xen/rnetback-$d-0.log); \
+         echo writers=$(for p in $(pgrep -f -- \"--domid $d --devid 0 \"); do cat /proc/$p/task/*/comm; done | grep -c -- '-tap$'); done\n",
     )?;
     for g in &created {
         h.xl_destroy(&g.name)?;
@@ -327,6 +328,14 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     ensure(
         nodes.lines().filter(|l| l.starts_with("waits=")).collect::<Vec<_>>() == ["waits=1", "waits=1"],
         format!("event channel waits through io_uring in both rnetback processes: {nodes:?}"),
+    )?;
+    // Each process writes its guest's packets to the TAP from a writer
+    // thread per queue (the default), which the transfers above went
+    // through.
+    let writers: Vec<&str> = nodes.lines().filter(|l| l.starts_with("writers=")).collect();
+    ensure(
+        writers.len() == 2 && writers.iter().all(|w| w.trim_start_matches("writers=").parse::<u32>().is_ok_and(|n| n >= 1)),
+        format!("a TAP writer thread in both rnetback processes: {nodes:?}"),
     )?;
     // The 6.1 guest connected once; the 6.12 guest twice (the reconnect).
     ensure(
