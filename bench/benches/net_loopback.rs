@@ -903,6 +903,9 @@ fn backend() -> Result<(), Error> {
     cfg.ifname = Some(ifname.clone());
     cfg.max_queues = 1;
     cfg.poll_interval = Duration::from_millis(50);
+    // RXEN_NET_TAP_WRITER=inline: the transmit thread writes to the TAP
+    // itself (rnetback --tap-writer inline), for comparison.
+    cfg.tap_writer_thread = std::env::var("RXEN_NET_TAP_WRITER").as_deref() != Ok("inline");
     let mut backend = Backend::new(LoopbackPlatform::from_domain(d0), cfg)?;
     // The host's IPv6 chatter (router solicitations, MLD) would go to the
     // guest; it is skipped there, but need not be sent at all.
