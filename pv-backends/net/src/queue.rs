@@ -480,10 +480,21 @@ impl TxBatch {
 
     /// Writes copied-out packets to the TAP on this thread.
     fn write<G>(&mut self, queue: u32, io: &QueueIo<G>, frames: Vec<(TxOffload, std::ops::Range<usize>)>) {
-        for (offload, range) in frames {
-            if let Some(bytes) = self.buf.bytes_mut().get_mut(range) {
-                send_to_tap(queue, &io.tap, &io.stats, &offload, bytes);
-            }
+        write_frames(queue, &io.tap, &io.stats, &mut *self.buf, frames);
+    }
+}
+
+/// Writes each packet of `frames`, copied out into `buf`, to the TAP.
+fn write_frames(
+    queue: u32,
+    tap: &Tap,
+    stats: &Stats,
+    buf: &mut dyn CopyMemory,
+    frames: Vec<(TxOffload, std::ops::Range<usize>)>,
+) {
+    for (offload, range) in frames {
+        if let Some(bytes) = buf.bytes_mut().get_mut(range) {
+            send_to_tap(queue, tap, stats, &offload, bytes);
         }
     }
 }
@@ -498,11 +509,7 @@ fn write_batches(
     spare: &mpsc::SyncSender<Box<dyn CopyMemory>>,
 ) {
     while let Ok(Filled { mut buf, frames }) = filled.recv() {
-        for (offload, range) in frames {
-            if let Some(bytes) = buf.bytes_mut().get_mut(range) {
-                send_to_tap(queue, tap, stats, &offload, bytes);
-            }
-        }
+        write_frames(queue, tap, stats, &mut *buf, frames);
         if spare.send(buf).is_err() {
             return;
         }
