@@ -66,6 +66,9 @@ const POLL_ENV: &str = "RXEN_BLK_BENCH_POLL_US";
 /// more than a 64 KiB copy). With two queues on two CPUs three threads
 /// would poll, and polling loses: then use 0.
 const DEFAULT_POLL_US: u64 = 50;
+/// rblkback's event moderation (`--coalesce-max`): `0` turns it off, for
+/// comparisons; unset, the default.
+const COALESCE_ENV: &str = "RXEN_BLK_BENCH_COALESCE_MAX";
 /// Runs only the row of this index (0-based), e.g. for profiling.
 const ONLY_ENV: &str = "RXEN_BLK_BENCH_ONLY";
 /// Runs only this API through the frontend (`copy` or `in-place`), e.g.
@@ -521,6 +524,9 @@ fn backend() -> Result<(), Error> {
     }
     let mut cfg = BackendConfig::new(0, FE, DEVID);
     cfg.poll = poll();
+    if let Some(max_held) = std::env::var(COALESCE_ENV).ok().and_then(|v| v.parse().ok()) {
+        cfg.coalesce = cfg.coalesce.map(|c| rblkback::queue::Coalesce { max_held, ..c });
+    }
     let mut backend = Backend::new(LoopbackPlatform::from_domain(d0), Arc::new(disk), cfg)?;
     println!("ready");
     std::io::stdout().flush()?;

@@ -813,6 +813,24 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> BackRing<'a, Req, Rsp> {
         self.has_unconsumed_requests()
     }
 
+    /// As [`final_check_for_requests`](Self::final_check_for_requests), but
+    /// asks for an event only once `count` (at least one) more requests are
+    /// published (`req_event = req_cons + count`), for a back end that would
+    /// rather take a few requests together. Not part of ring.h: a front end
+    /// that publishes fewer sends no event, so the back end must also wake
+    /// by itself (a timeout) and serve what came.
+    #[must_use = "true means there is work and the caller must not sleep"]
+    pub fn final_check_for_requests_after(&mut self, count: u32) -> Result<bool, RingError> {
+        if self.has_unconsumed_requests()? {
+            return Ok(true);
+        }
+        self.mem
+            .store_index(SringIndex::ReqEvent, self.req_cons + Wrapping(count.max(1)));
+        // xen_mb: as in final_check_for_requests.
+        fence(Ordering::SeqCst);
+        self.has_unconsumed_requests()
+    }
+
     fn check(&self) -> Result<(), RingError> {
         if self.broken {
             Err(RingError::Broken)

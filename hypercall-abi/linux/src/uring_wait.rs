@@ -131,10 +131,15 @@ impl UringWait {
         // "xen" clocksource) each reading is a system call.
         let deadline = timeout.map(|t| (std::time::Instant::now(), t));
         let mut unmask_error = None;
+        let mut first = true;
         loop {
             // A call that submitted entries returns their count even when
-            // its wait timed out, so the time is checked as well.
-            if deadline.is_some_and(|(start, t)| start.elapsed() >= t) && self.ring.completion().is_empty() {
+            // its wait timed out, so the time is checked as well (after
+            // the first call: the clock is not read twice in a row).
+            if !std::mem::take(&mut first)
+                && deadline.is_some_and(|(start, t)| start.elapsed() >= t)
+                && self.ring.completion().is_empty()
+            {
                 return Ok(Woken::TimedOut);
             }
             let submitted = match &ts {

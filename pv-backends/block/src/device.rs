@@ -108,6 +108,11 @@ impl<G: GrantMap, D: Disk> BlockDevice<G, D> {
         self.uring.is_some() && self.disk.batches_io()
     }
 
+    /// The device's counters (shared by its queues).
+    pub fn stats_arc(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     /// The grant mapper, e.g. to see how many grants persist.
     pub fn pages(&self) -> &GrantPages<G> {
         &self.pages

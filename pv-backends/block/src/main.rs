@@ -134,6 +134,16 @@ struct Cli {
     /// only for hosts with CPUs to spare.
     #[arg(long, default_value_t = 0)]
     poll_us: u64,
+    /// Interrupt moderation: while a frontend keeps several small
+    /// requests in flight, hold a round's responses for up to this many
+    /// (half the depth seen lately) so that both ends take one event for
+    /// several requests (0 or 1: off). A frontend with one request in
+    /// flight is answered at once.
+    #[arg(long, default_value_t = rblkback::queue::Coalesce::DEFAULT.max_held)]
+    coalesce_max: u32,
+    /// The longest a hold waits for more requests, in microseconds.
+    #[arg(long, default_value_t = rblkback::queue::Coalesce::DEFAULT.timeout.as_micros() as u64)]
+    coalesce_us: u64,
     /// How queue threads sleep between rounds: `uring` unmasks the event
     /// channel, waits and takes the next event in one io_uring system call
     /// (the default; `poll` where io_uring is missing), `poll` in three
@@ -208,6 +218,10 @@ fn run(cli: Cli) -> Result<(), MainError> {
     cfg.max_indirect_segments = cli.max_indirect_segments;
     cfg.persistent = !cli.no_persistent;
     cfg.poll = std::time::Duration::from_micros(cli.poll_us);
+    cfg.coalesce = Some(rblkback::queue::Coalesce {
+        max_held: cli.coalesce_max,
+        timeout: std::time::Duration::from_micros(cli.coalesce_us),
+    });
     xen_linux::evtchn::set_wait_by_poll(cli.evtchn_wait == EvtchnWaitArg::Poll);
     cfg.max_persistent_grants = cli.max_persistent_grants;
     match (cli.platform, cli.loopback_dir) {

@@ -35,6 +35,7 @@ use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 
 use crate::device::BlockDevice;
 use crate::disk::Disk;
+use crate::stats::Stats;
 use pv_backend_common::StopSignal;
 
 /// How long a queue sleeps after its event channel woke it with nothing
@@ -86,6 +87,56 @@ pub struct Queue<G: GrantMap, E: EventChannels> {
     kick: bool,
     /// How long to busy-poll the ring before sleeping (zero: sleep at once).
     poll: Duration,
+    /// Interrupt moderation, if on.
+    coalesce: Option<Coalesce>,
+}
+
+/// Interrupt moderation ([`Queue::coalescing`]): while a frontend keeps
+/// many requests in flight, the responses of a round are held for more
+/// requests, so that both ends take one event for several of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalesce {
+    /// Most responses held for (the target is half the requests seen in
+    /// flight lately, at most this).
+    pub max_held: u32,
+    /// Longest wait for the requests a hold waits for; then the held
+    /// responses go out.
+    pub timeout: Duration,
+}
+
+impl Coalesce {
+    /// rblkback's default: up to 8 responses held, for at most 1 ms.
+    pub const DEFAULT: Coalesce = Coalesce { max_held: 8, timeout: Duration::from_millis(1) };
+}
+
+/// The depth a frontend keeps its ring at: the most requests seen
+/// unanswered at once over the last two windows of rounds.
+#[derive(Debug, Default)]
+struct Depth {
+    current: u32,
+    previous: u32,
+    rounds: u32,
+}
+
+impl Depth {
+    /// Rounds per window: a frontend whose depth fell is believed after
+    /// one to two windows.
+    const WINDOW: u32 = 16;
+
+    fn observe(&mut self, in_flight: u32) {
+        self.current = self.current.max(in_flight);
+        self.rounds += 1;
+        if self.rounds == Self::WINDOW {
+            self.previous = std::mem::take(&mut self.current);
+            self.rounds = 0;
+        }
+    }
+
+    /// How many responses to hold for: half the depth seen, so that the
+    /// frontend keeps as many requests of its own to work on meanwhile.
+    fn target(&self, max_held: u32) -> u32 {
+        (self.current.max(self.previous) / 2).min(max_held)
+    }
 }
 
 impl<G: GrantMap, E: EventChannels> std::fmt::Debug for Queue<G, E> {
@@ -125,7 +176,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         let port = evtchn
             .bind_interdomain(frontend, remote_port)
             .map_err(|source| QueueError::Evtchn { queue: index, source })?;
-        Ok(Queue { index, ring, evtchn, port, kick: false, poll: Duration::ZERO })
+        Ok(Queue { index, ring, evtchn, port, kick: false, poll: Duration::ZERO, coalesce: None })
     }
 
     /// Marks the queue as taking over a ring that a previous backend
@@ -150,6 +201,24 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         self
     }
 
+    /// Moderates events (`None`: off; see [`Coalesce`]). The target is
+    /// half the most requests seen in flight at once over the last 16 to
+    /// 32 rounds, at most `max_held`. When a round's responses, which the
+    /// frontend waits for an event for, are fewer than the target, they
+    /// are held: the queue sleeps asking for an event only once the
+    /// missing requests are published
+    /// ([`BackRing::final_check_for_requests_after`]), or for at most
+    /// `timeout`, serves what came, and answers all of them with one
+    /// event. A response is held once at most, so none waits longer than
+    /// `timeout` and a round. A frontend with one request in flight (a
+    /// target below two) is answered at once, and so are responses for
+    /// 64 KiB of data or more.
+    #[must_use]
+    pub fn coalescing(mut self, coalesce: Option<Coalesce>) -> Self {
+        self.coalesce = coalesce.filter(|c| c.max_held > 1 && !c.timeout.is_zero());
+        self
+    }
+
     /// The local port of the queue's event channel.
     pub fn port(&self) -> EvtchnPort {
         self.port
@@ -171,14 +240,22 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         if self.kick {
             log::debug!("queue {queue}: resuming at request {}", start.0);
         }
+        let stats = Arc::clone(device.stats_arc());
         let mut kick = self.kick;
         // The port that woke this thread, masked until the next wait.
         let mut masked = None;
+        let mut depth = Depth::default();
+        // The responses held now were held once already (see coalescing).
+        let mut held_once = false;
+        // The target the current hold waits to reach.
+        let mut hold_target = 0;
+        // Bytes of data the held responses answer for.
+        let mut held_bytes = 0usize;
         loop {
             if stop.is_stopped() {
                 // Answer what was served (held responses, see below).
                 if !responses.is_empty() {
-                    self.answer(&mut ring, &mut responses, false)?;
+                    self.answer(&mut ring, &mut responses, false, &stats)?;
                 }
                 return Ok(());
             }
@@ -215,30 +292,74 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // several batches instead of one per batch; a frontend with
             // one request in flight sends no more meanwhile, and gets its
             // response at once.
+            if !batch.is_empty() {
+                Stats::add(&stats.batches, 1);
+                // Requests unanswered at once: the frontend's depth, as
+                // far as this end sees it. A hold that the frontend filled
+                // (the requests waited for came) saw only the half it held
+                // for; the frontend kept the other half, as the target
+                // assumes, so the depth counts twice that. Without this,
+                // each filled hold would halve the next target.
+                let in_flight = ring.requests_in_flight();
+                let filled = held_once && in_flight >= hold_target;
+                depth.observe(if filled { in_flight.saturating_mul(2) } else { in_flight });
+            }
             let part_bytes = if device.batches_io() { usize::MAX } else { PUSH_BYTES };
             let mut rest = batch.as_slice();
             while !rest.is_empty() {
                 let (part, tail) = rest.split_at(part_len(rest, part_bytes));
                 rest = tail;
                 device.handle_batch(part, &mut responses);
+                held_bytes = part.iter().fold(held_bytes, |sum, r| sum.saturating_add(data_bytes(r)));
                 let held = u32::try_from(responses.len()).unwrap_or(u32::MAX);
                 if ring.push_would_notify(held)
-                    && (!rest.is_empty() || ring.has_unconsumed_requests().map_err(ring_error)?)
+                    && (!rest.is_empty()
+                        || ring.has_unconsumed_requests().map_err(ring_error)?
+                        || self.hold_for(held, held_bytes, held_once, kick, &depth).is_some())
                 {
                     continue;
                 }
-                self.answer(&mut ring, &mut responses, std::mem::take(&mut kick))?;
+                self.answer(&mut ring, &mut responses, std::mem::take(&mut kick), &stats)?;
+                (held_once, held_bytes) = (false, 0);
             }
             if !batch.is_empty() {
                 continue;
             }
             if !responses.is_empty() {
+                let held = u32::try_from(responses.len()).unwrap_or(u32::MAX);
+                if let Some((missing, timeout)) = self.hold_for(held, held_bytes, held_once, kick, &depth) {
+                    // Moderation: sleep until the requests held for are
+                    // published (or a few came and the time is up), then
+                    // serve them and answer all together.
+                    (held_once, hold_target) = (true, held + missing);
+                    if ring.final_check_for_requests_after(missing).map_err(ring_error)? {
+                        continue;
+                    }
+                    let mut wait = WaitFor::new(masked.take(), stop.fd());
+                    wait.timeout = Some(timeout);
+                    match self.evtchn.unmask_and_wait(wait).map_err(evtchn_error)? {
+                        Wake::Stopped => {
+                            self.answer(&mut ring, &mut responses, false, &stats)?;
+                            return Ok(());
+                        }
+                        Wake::Port(port) => {
+                            Stats::add(&stats.events_received, 1);
+                            masked = Some(port);
+                        }
+                        Wake::Also | Wake::TimedOut => {}
+                        Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
+                    }
+                    continue;
+                }
                 // Held for requests that were then not there (the ring
-                // broke, which the next round reports): answer them.
-                self.answer(&mut ring, &mut responses, false)?;
+                // broke, which the next round reports), or held once
+                // already: answer them.
+                self.answer(&mut ring, &mut responses, false, &stats)?;
+                (held_once, held_bytes) = (false, 0);
             }
             if std::mem::take(&mut kick) {
                 self.evtchn.notify(self.port).map_err(evtchn_error)?;
+                Stats::add(&stats.events_sent, 1);
             }
             // Busy-poll for a while before sleeping, if asked: req_event is
             // not re-armed meanwhile, so a frontend that publishes more
@@ -259,7 +380,10 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // unmask, so there is at most one pending entry to take.
             match self.evtchn.unmask_and_wait(WaitFor::new(masked.take(), stop.fd())).map_err(evtchn_error)? {
                 Wake::Stopped => return Ok(()),
-                Wake::Port(port) => masked = Some(port),
+                Wake::Port(port) => {
+                    Stats::add(&stats.events_received, 1);
+                    masked = Some(port);
+                }
                 Wake::Also | Wake::TimedOut => {}
                 // Readable without a pending port: the peer's end went
                 // away (a loopback doorbell hangs up). Do not spin while
@@ -271,6 +395,26 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
 }
 
 impl<G: GrantMap, E: EventChannels> Queue<G, E> {
+    /// Whether to hold `held` responses (that the frontend waits for an
+    /// event for, answering `held_bytes` of data) for more requests: with
+    /// moderation on, not held once already, no kick owed, fewer than the
+    /// target for the depth seen, and small requests (an event is worth
+    /// saving next to the copy of a few KiB, not of a MiB). Gives how many
+    /// requests are missing and how long to wait.
+    fn hold_for(
+        &self,
+        held: u32,
+        held_bytes: usize,
+        held_once: bool,
+        kick: bool,
+        depth: &Depth,
+    ) -> Option<(u32, Duration)> {
+        let coalesce = self.coalesce?;
+        let target = depth.target(coalesce.max_held);
+        (!held_once && !kick && held < target && held_bytes < HOLD_BYTES)
+            .then(|| (target - held, coalesce.timeout))
+    }
+
     /// Writes `responses` to the ring, all at once, pushes them and sends
     /// the frontend an event if it asked for one (or if `kick`).
     fn answer(
@@ -278,6 +422,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         ring: &mut BackRing<'_, BlkifRequest, BlkifResponse>,
         responses: &mut Vec<BlkifResponse>,
         kick: bool,
+        stats: &Stats,
     ) -> Result<(), QueueError> {
         let queue = self.index;
         let ring_error = |source| QueueError::Ring { queue, source };
@@ -287,6 +432,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
         responses.clear();
         if ring.push_responses_and_check_notify().map_err(ring_error)? || kick {
             self.evtchn.notify(self.port).map_err(|source| QueueError::Evtchn { queue, source })?;
+            Stats::add(&stats.events_sent, 1);
         }
         Ok(())
     }
@@ -297,6 +443,10 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
 /// answered on its own, four of 4 KiB together. (A push costs a few stores
 /// and a fence, and an event only if the frontend sleeps.)
 const PUSH_BYTES: usize = 16 << 10;
+
+/// Responses answering this much data or more are not held for more
+/// (see [`Queue::coalescing`]).
+const HOLD_BYTES: usize = 64 << 10;
 
 /// The bytes of data a request claims to carry, for sizing the parts of a
 /// batch only (the request is checked when served; a bad one counts as

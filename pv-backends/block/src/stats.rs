@@ -19,6 +19,13 @@ pub struct Stats {
     pub wr_sect: AtomicU64,
     /// Requests answered with an error status.
     pub errors: AtomicU64,
+    /// Rounds that took requests off a ring (each is answered with at
+    /// most one event, fewer when responses are held for the next).
+    pub batches: AtomicU64,
+    /// Events sent to the frontend.
+    pub events_sent: AtomicU64,
+    /// Events from the frontend that woke a queue.
+    pub events_received: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -38,6 +45,12 @@ pub struct StatsSnapshot {
     pub wr_sect: u64,
     /// Requests that failed.
     pub errors: u64,
+    /// Rounds with requests.
+    pub batches: u64,
+    /// Events sent.
+    pub events_sent: u64,
+    /// Events received.
+    pub events_received: u64,
 }
 
 impl Stats {
@@ -57,6 +70,9 @@ impl Stats {
             rd_sect: get(&self.rd_sect),
             wr_sect: get(&self.wr_sect),
             errors: get(&self.errors),
+            batches: get(&self.batches),
+            events_sent: get(&self.events_sent),
+            events_received: get(&self.events_received),
         }
     }
 }

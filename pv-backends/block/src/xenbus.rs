@@ -57,7 +57,7 @@ use crate::device::BlockDevice;
 use crate::disk::Disk;
 use crate::grants::{GrantPages, DEFAULT_MAX_PERSISTENT_GRANTS};
 use crate::platform::{Platform, PlatformError};
-use crate::queue::{self, Queue, QueueError};
+use crate::queue::{self, Coalesce, Queue, QueueError};
 use crate::request::Limits;
 use crate::stats::Stats;
 use pv_backend_common::StopSignal;
@@ -105,6 +105,9 @@ pub struct BackendConfig {
     /// event channel ([`crate::queue::Queue::polling`]); zero (the
     /// default) sleeps at once.
     pub poll: Duration,
+    /// Interrupt moderation ([`crate::queue::Queue::coalescing`]); on by
+    /// default ([`Coalesce::DEFAULT`]).
+    pub coalesce: Option<Coalesce>,
 }
 
 impl BackendConfig {
@@ -124,6 +127,7 @@ impl BackendConfig {
             kind: "vbd".to_owned(),
             keep_connected: false,
             poll: Duration::ZERO,
+            coalesce: Some(Coalesce::DEFAULT),
         }
     }
 
@@ -343,7 +347,7 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         }
         let stats = self.stats.snapshot();
         log::info!(
-            "{}: stopped; served {} reads ({} sectors), {} writes ({} sectors), {} flushes, {} discards, {} errors",
+            "{}: stopped; served {} reads ({} sectors), {} writes ({} sectors), {} flushes, {} discards, {} errors; {} rounds, {} events received, {} sent",
             self.be_path,
             stats.rd_req,
             stats.rd_sect,
@@ -351,7 +355,10 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
             stats.wr_sect,
             stats.f_req,
             stats.ds_req,
-            stats.errors
+            stats.errors,
+            stats.batches,
+            stats.events_received,
+            stats.events_sent
         );
         result.and(closed)
     }
@@ -659,7 +666,8 @@ impl<P: Platform, D: Disk + 'static> Backend<P, D> {
         for (q, (refs, port)) in (0..).zip(&rings) {
             let evtchn = self.platform.event_channels()?;
             let queue = Queue::connect(q, &*self.grants, evtchn, self.cfg.frontend_domid, refs, *port)?
-                .polling(self.cfg.poll);
+                .polling(self.cfg.poll)
+                .coalescing(self.cfg.coalesce);
             connected.push(match attach {
                 Attach::Connect => queue,
                 Attach::Resume => queue.resuming(),

@@ -29,6 +29,7 @@ use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef};
 use hypercall_abi::xenstore::XsClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rblkback::queue::Coalesce;
 use rblkback::{Backend, BackendConfig, BackendError, LoopbackPlatform, RawDisk, RawDiskOptions, StopSignal};
 use xen_loopback::{Hypervisor, LoopbackDomain, LoopbackEventChannels, LoopbackGrantShare, LoopbackSharedGrants};
 use zerocopy::IntoBytes;
@@ -67,11 +68,12 @@ struct DiskSpec {
     sector_size: u32,
     persistent: bool,
     max_queues: u32,
+    coalesce: Option<Coalesce>,
 }
 
 impl Default for DiskSpec {
     fn default() -> Self {
-        DiskSpec { size: 8 << 20, read_only: false, sector_size: 512, persistent: true, max_queues: 4 }
+        DiskSpec { size: 8 << 20, read_only: false, sector_size: 512, persistent: true, max_queues: 4, coalesce: None }
     }
 }
 
@@ -95,6 +97,7 @@ impl Rig {
         let mut cfg = BackendConfig::new(0, FE, DEVID);
         cfg.persistent = spec.persistent;
         cfg.max_queues = spec.max_queues;
+        cfg.coalesce = spec.coalesce;
         cfg.poll_interval = Duration::from_millis(50);
         let be_path = cfg.backend_path();
         let fe_path = format!("/local/domain/{FE}/device/vbd/{DEVID}");
@@ -149,6 +152,10 @@ impl Rig {
             })
         };
         Rig { dir, disk_path, _d0: d0, d1, xs0, stop, backend: Some(backend), be_path, fe_path }
+    }
+
+    fn file_len(&self) -> usize {
+        std::fs::metadata(&self.disk_path).unwrap().len() as usize
     }
 
     fn file(&self, offset: u64, len: usize) -> Vec<u8> {
@@ -617,6 +624,112 @@ fn data_round_trips_without_persistent_grants_on_a_multi_page_ring() {
 #[test]
 fn backend_without_persistent_grants_serves_a_frontend_that_wants_them() {
     exercise_data_path(DiskSpec { persistent: false, ..Default::default() }, FrontSpec::default());
+}
+
+/// What a pipelined frontend saw: events taken, and each request's time
+/// from its push to its response.
+struct Pipelined {
+    events: usize,
+    latencies: Vec<Duration>,
+}
+
+/// Reads `count` pages (sector `8 * i` for request `i`, checking their
+/// data) on queue 0, keeping up to `depth` in flight, one request per
+/// push, a new one every `pace` (at once when zero): the first `depth`
+/// go out together, the rest as others are answered and their time comes.
+fn pipelined_reads(rig: &Rig, front: &mut Front<'_>, count: usize, depth: usize, pace: Duration) -> Pipelined {
+    let pages: Vec<_> = (0..depth).map(|_| front.gs.share(0, 1, true).unwrap()).collect();
+    let mut free: Vec<usize> = (0..depth).collect();
+    // Request id -> (page, sector, pushed at).
+    let mut in_flight: HashMap<u64, (usize, u64, Instant)> = HashMap::new();
+    let mut out = Pipelined { events: 0, latencies: Vec::new() };
+    let (mut sent, mut next_at, mut id) = (0usize, Instant::now(), front.next_id);
+    let deadline = Instant::now() + TIMEOUT;
+    let sectors = rig.file_len() as u64 / 512;
+    let queue = &front.queues[0];
+    let mem = queue.ring.memory().ring_mem().unwrap();
+    let mut ring = FrontRing::<BlkifRequest, BlkifResponse>::attach(mem, queue.idx).unwrap();
+    while out.latencies.len() < count {
+        assert!(Instant::now() < deadline, "requests not answered: {} of {count}", out.latencies.len());
+        // Submit: all of the first `depth` at once, then paced.
+        while sent < count && !free.is_empty() && (sent < depth || Instant::now() >= next_at) {
+            let page = free.pop().unwrap();
+            let sector = (8 * sent as u64) % sectors;
+            id += 1;
+            let mut request =
+                BlkifRequest { operation: BLKIF_OP_READ, nr_segments: 1, id, sector_number: sector, ..Default::default() };
+            request.seg[0] = BlkifRequestSegment::new(pages[page].refs()[0], 0, 7);
+            ring.put_request(&request).unwrap();
+            if ring.push_requests_and_check_notify().unwrap() {
+                front.ev.notify(queue.port).unwrap();
+            }
+            in_flight.insert(id, (page, sector, Instant::now()));
+            sent += 1;
+            next_at = Instant::now() + pace;
+            if sent >= depth && !pace.is_zero() {
+                break;
+            }
+        }
+        // Take the responses.
+        loop {
+            while let Some(rsp) = ring.consume_response().unwrap() {
+                let (page, sector, pushed) = in_flight.remove(&rsp.id).expect("a response to a request in flight");
+                assert_eq!(rsp.status, BLKIF_RSP_OKAY);
+                let mut data = vec![0u8; 4096];
+                pages[page].memory().read(0, &mut data).unwrap();
+                for (i, chunk) in data.chunks(512).enumerate() {
+                    let expect = (sector + i as u64) as u8 ^ 0x5a;
+                    assert!(chunk.iter().all(|&b| b == expect), "request {} read sector {} wrong", rsp.id, sector + i as u64);
+                }
+                out.latencies.push(pushed.elapsed());
+                free.push(page);
+            }
+            if !ring.final_check_for_responses().unwrap() {
+                break;
+            }
+        }
+        if out.latencies.len() == count {
+            break;
+        }
+        // Sleep until an event, or the next request's time.
+        let wait = if sent < count && !free.is_empty() {
+            next_at.saturating_duration_since(Instant::now()).max(Duration::from_micros(1))
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(port) = front.ev.wait(Some(wait)).unwrap() {
+            out.events += 1;
+            front.ev.unmask(port).unwrap();
+        }
+    }
+    let idx = ring.req_prod_pvt();
+    front.queues[0].idx = idx;
+    front.next_id = id;
+    drop(pages);
+    out
+}
+
+#[test]
+fn coalescing_answers_a_deep_queue_with_fewer_events_and_a_lone_request_at_once() {
+    let timeout = Duration::from_millis(100);
+    let rig = Rig::start(DiskSpec { coalesce: Some(Coalesce { max_held: 8, timeout }), ..Default::default() });
+    let mut front = Front::connect(&rig, FrontSpec::default());
+    // 16 in flight, a new request every 2 ms: the backend learns the depth
+    // from the first 16, then holds responses for several requests, so
+    // the frontend takes one event for several (without moderation it
+    // takes one per request: each is answered before the next comes).
+    let deep = pipelined_reads(&rig, &mut front, 300, 16, Duration::from_millis(2));
+    assert!(deep.events <= 300 / 3, "{} events for 300 requests", deep.events);
+    // No response waits much longer than the timeout (and a round).
+    let slowest = deep.latencies.iter().max().unwrap();
+    assert!(*slowest < timeout + Duration::from_secs(2), "a response took {slowest:?}");
+    // One request at a time: once the depth seen falls (within two
+    // windows of rounds), each is answered at once, not after the timeout.
+    let lone = pipelined_reads(&rig, &mut front, 120, 1, Duration::ZERO);
+    let slow = lone.latencies[60..].iter().filter(|l| **l >= timeout / 2).count();
+    assert!(slow <= 2, "{slow} of the last 60 lone requests waited for the timeout: {:?}", &lone.latencies[60..]);
+    front.close();
+    rig.stop();
 }
 
 #[test]

@@ -297,6 +297,34 @@ fn final_check_arms_the_event_index() {
 }
 
 #[test]
+fn final_check_after_count_asks_for_an_event_on_the_nth_request() {
+    let owned = page();
+    let mem = owned.mem();
+    let mut front = Front::init_shared(mem).unwrap();
+    let mut back = Back::new(mem).unwrap();
+
+    // Asks for an event once 3 more requests are there: the first two
+    // are published without one, the third sends it.
+    assert!(!back.final_check_for_requests_after(3).unwrap());
+    assert_eq!(mem.load_index(SringIndex::ReqEvent), Wrapping(3));
+    for i in 0..2 {
+        front.put_request(&req(i)).unwrap();
+        assert!(!front.push_requests_and_check_notify().unwrap());
+    }
+    front.put_request(&req(2)).unwrap();
+    assert!(front.push_requests_and_check_notify().unwrap());
+    // With requests waiting it does not sleep and leaves req_event alone.
+    assert!(back.final_check_for_requests_after(5).unwrap());
+    assert_eq!(mem.load_index(SringIndex::ReqEvent), Wrapping(3));
+    for _ in 0..3 {
+        assert!(back.consume_request().unwrap().is_some());
+    }
+    // A count of 0 is taken as 1.
+    assert!(!back.final_check_for_requests_after(0).unwrap());
+    assert_eq!(mem.load_index(SringIndex::ReqEvent), Wrapping(4));
+}
+
+#[test]
 fn push_would_notify_tells_whether_the_peer_waits() {
     let owned = page();
     let mem = owned.mem();
