@@ -10,6 +10,10 @@
 //! rotating over the rounds. Prints the median of the rounds and the
 //! ratios rblkback / blkback (goal >= 1.0) and rblkback / qdisk (goal >=
 //! 1.5).
+//!
+//! `RXEN_BLK_VARIANT="ARGS"` adds a fourth disk (xvde), served by a second
+//! rblkback with those arguments, measured in the same rounds: an A/B of
+//! an option in one boot, e.g. `RXEN_BLK_VARIANT="--io sync"`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,16 +25,23 @@ use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
 use xen_scenarios::{attach_rblkback, boot, fio, init_logging, Figures};
 
 const XVDB: u32 = 51728;
+const XVDE: u32 = 51776;
 const SIZE_MIB: u32 = 128;
 const ROUNDS: usize = 5;
 /// (device, backend) in the guest.
-const DISKS: [(&str, &str); 3] = [("xvdb", "rblkback"), ("xvdc", "blkback"), ("xvdd", "qdisk")];
-fn guest_script(seconds: u32) -> String {
-    let mut s = String::from(
-        "#!/bin/sh\nfor d in xvdb xvdc xvdd; do\n  i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n  [ -b /dev/$d ] || echo \"RXEN-FIO missing $d\"\ndone\n",
+const DISKS: [(&str, &str); 4] =
+    [("xvdb", "rblkback"), ("xvdc", "blkback"), ("xvdd", "qdisk"), ("xvde", "variant")];
+fn guest_script(seconds: u32, variant: bool) -> String {
+    let disks = if variant { "xvdb xvdc xvdd xvde" } else { "xvdb xvdc xvdd" };
+    let mut s = format!(
+        "#!/bin/sh\nfor d in {disks}; do\n  i=0; while [ ! -b /dev/$d ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n  [ -b /dev/$d ] || echo \"RXEN-FIO missing $d\"\ndone\n",
     );
     s.push_str(&format!("for round in $(seq {ROUNDS}); do\n"));
-    s.push_str("  case $((round % 3)) in 1) order='xvdb xvdc xvdd' ;; 2) order='xvdc xvdd xvdb' ;; *) order='xvdd xvdb xvdc' ;; esac\n");
+    if variant {
+        s.push_str("  case $((round % 4)) in 1) order='xvdb xvde xvdc xvdd' ;; 2) order='xvde xvdc xvdd xvdb' ;; 3) order='xvdc xvdd xvdb xvde' ;; *) order='xvdd xvdb xvde xvdc' ;; esac\n");
+    } else {
+        s.push_str("  case $((round % 3)) in 1) order='xvdb xvdc xvdd' ;; 2) order='xvdc xvdd xvdb' ;; *) order='xvdd xvdb xvdc' ;; esac\n");
+    }
     for job in &fio::JOBS {
         s.push_str("  for d in $order; do\n    ");
         s.push_str(&fio::command(job, "/dev/$d", SIZE_MIB, seconds, "dev=$d round=$round"));
@@ -49,7 +60,8 @@ fn main() {
         .with_project_binary("rblkback")
         .expect("project binaries are built (cargo build --release --workspace --bins)");
     let mut host = boot(config, &mut figures).expect("the Xen test host boots");
-    let result = run(&mut host, seconds);
+    let variant = std::env::var("RXEN_BLK_VARIANT").ok();
+    let result = run(&mut host, seconds, variant.as_deref());
     if result.is_err() {
         if let Ok(out) = host.run("tail -n 20 /var/log/xen/rblkback-*.log /var/log/xen/qemu-dm-*.log 2>/dev/null") {
             eprintln!("{}", out.stdout);
@@ -57,22 +69,22 @@ fn main() {
     }
     let _ = host.shutdown();
     let rows = result.expect("the block benchmark ran");
-    print_table(&rows, seconds);
+    print_table(&rows, seconds, variant.as_deref());
     println!("\nhost figures:\n{}", figures.table());
 }
 
 /// rows[job][backend] = per-round values.
 type Rows = fio::Rows;
 
-fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
+fn run(h: &mut XenHost, seconds: u32, variant: Option<&str>) -> xen_harness::Result<Rows> {
     h.run_ok(&format!(
         "set -e; mkdir -p /var/lib/rxen\n\
          mkdir -p /var/lib/rxen/bench\n\
          mountpoint -q /var/lib/rxen/bench || mount -t tmpfs -o size=512M tmpfs /var/lib/rxen/bench\n\
-         for b in r k q; do truncate -s {SIZE_MIB}M /var/lib/rxen/bench/$b.img; done\n"
+         for b in r k q v; do truncate -s {SIZE_MIB}M /var/lib/rxen/bench/$b.img; done\n"
     ))?;
     let mut overlay = Archive::new();
-    overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds).as_bytes());
+    overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds, variant.is_some()).as_bytes());
     let initrd = h.guest_initrd_with("bench-blk", overlay)?;
     let mut guest = GuestConfig::new("bench-blk", GuestKind::Pv, GuestKernel::Linux612)
         .with_ramdisk(&initrd)
@@ -83,7 +95,11 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     guest.vcpus = 2;
     let g = h.xl_create(&guest)?;
     attach_rblkback(h, &g.name, XVDB, "/var/lib/rxen/bench/r.img", "")?;
-    let budget = Duration::from_secs(u64::from(seconds) * 12 * ROUNDS as u64 + 600);
+    if let Some(args) = variant {
+        attach_rblkback(h, &g.name, XVDE, "/var/lib/rxen/bench/v.img", args)?;
+    }
+    let disks = if variant.is_some() { 4 } else { 3 };
+    let budget = Duration::from_secs(u64::from(seconds) * 4 * disks * ROUNDS as u64 + 600);
     h.wait_guest_line(&g, "RXEN-FIO done", budget)?;
     let console = h.guest_console(&g.name)?;
     let _ = h.xl_destroy(&g.name);
@@ -93,7 +109,7 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<Rows> {
     Ok(rows)
 }
 
-fn print_table(rows: &Rows, seconds: u32) {
+fn print_table(rows: &Rows, seconds: u32, variant: Option<&str>) {
     println!(
         "\nblock backends, same 6.12 PV guest, same fio jobs ({seconds} s each, median of {ROUNDS} rounds), {SIZE_MIB} MiB images on a dom0 tmpfs:"
     );
@@ -117,4 +133,16 @@ fn print_table(rows: &Rows, seconds: u32) {
         "goal (>= 1.0x blkback and >= 1.5x qdisk on every line): {}",
         if met { "met" } else { "NOT met" }
     );
+    if let Some(args) = variant {
+        println!("\nvariant: a second rblkback with `{args}` (xvde), same rounds:");
+        println!("  {:<20} {:>10} {:>10} {:>8}   per round (variant/rblkback)", "job", "rblkback", "variant", "v/r");
+        for (job, _, _) in fio::JOBS {
+            let (r, v) = (fio::median(rows, job, "rblkback"), fio::median(rows, job, "variant"));
+            let per_round: Vec<String> = match (rows.get(job).and_then(|j| j.get("rblkback")), rows.get(job).and_then(|j| j.get("variant"))) {
+                (Some(a), Some(b)) => a.iter().zip(b).map(|(a, b)| format!("{:.2}", b / a)).collect(),
+                _ => Vec::new(),
+            };
+            println!("  {job:<20} {r:>10.1} {v:>10.1} {:>7.2}x   {}", v / r, per_round.join(" "));
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! during rblkback's turns when `RXEN_PERF_PKG` names a perf package (see
 //! the `netprof` example); reported after the runs.
 //!
-//! `BLKPROF_ARGS`: extra rblkback arguments; `BLKPROF_ALT_ARGS`: when set,
+//! The images are written whole first (as the bench's first job does),
+//! unless `BLKPROF_SPARSE` is set. `BLKPROF_ARGS`: extra rblkback arguments; `BLKPROF_ALT_ARGS`: when set,
 //! a second rblkback disk (xvde, backend `rblkback-alt`) with these
 //! arguments instead, run after each rblkback turn (an A/B comparison in
 //! one boot); `BLKPROF_GUEST_PRE`: shell run in the guest before each
@@ -80,6 +81,11 @@ fn main() {
          for b in r k q; do truncate -s 128M /var/lib/rxen/bench/$b.img; done\n",
     )
     .unwrap();
+    if std::env::var_os("BLKPROF_SPARSE").is_none() {
+        // Written images, as in the bench (whose first job writes them
+        // whole): reads then come from written pages.
+        h.run_ok("for b in r k q; do dd if=/dev/zero of=/var/lib/rxen/bench/$b.img bs=1M count=128 conv=notrunc status=none; done").unwrap();
+    }
     let mut overlay = Archive::new();
     overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(&job, seconds).as_bytes());
     let initrd = h.guest_initrd_with("blkprof", overlay).unwrap();
@@ -93,7 +99,7 @@ fn main() {
     let g = h.xl_create(&guest).unwrap();
     attach_rblkback(&mut h, &g.name, 51728, "/var/lib/rxen/bench/r.img", &args).unwrap();
     if let Ok(alt) = std::env::var("BLKPROF_ALT_ARGS") {
-        h.run_ok("truncate -s 128M /var/lib/rxen/bench/a.img").unwrap();
+        h.run_ok("dd if=/dev/zero of=/var/lib/rxen/bench/a.img bs=1M count=128 status=none").unwrap();
         attach_rblkback(&mut h, &g.name, 51776, "/var/lib/rxen/bench/a.img", &alt).unwrap();
     }
     for (i, (_, b)) in order().iter().enumerate() {
@@ -117,6 +123,11 @@ echo "== threads"; paste /tmp/t0 /tmp/t1 | awk '{{u=$5-$2; s=$6-$3; if (u+s > 0)
         h.wait_guest_line(&g, &format!("RXEN-PROF end {i} {b}"), Duration::from_secs(300)).unwrap();
     }
     h.wait_guest_line(&g, "RXEN-PROF done", Duration::from_secs(300)).unwrap();
+    // rblkback's counters (rounds, events) are in its log line at exit.
+    let out = h
+        .run_with("pkill -TERM -x rblkback; sleep 3; grep -h 'stopped; served' /var/log/xen/rblkback-*.log", &[], Duration::from_secs(60))
+        .unwrap();
+    println!("===== rblkback counters\n{}", out.stdout);
     if perf {
         // Reported after the runs: perf report is slow under emulation.
         let out = h
