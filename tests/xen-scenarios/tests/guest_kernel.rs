@@ -274,7 +274,7 @@ fn rust_blkfront(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
             format!("{who}: ext4 data and fsck: {said:?}"),
         )?;
         ensure(
-            said.iter().any(|l| l == &format!("{name} FIO seq=0 rand=0")),
+            said.iter().any(|l| l == &format!("{name} FIO seq=0 rand=0 deep=0")),
             format!("{who}: fio --verify: {said:?}"),
         )?;
         ensure(

@@ -225,7 +225,7 @@ fn two_guests(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
     )?;
     for (said, who) in [(&p61_said, "6.1"), (&pv_said, "6.12")] {
         ensure(
-            said.iter().any(|l| l == "xvdb FIO seq=0 rand=0"),
+            said.iter().any(|l| l == "xvdb FIO seq=0 rand=0 deep=0"),
             format!("fio --verify in the {who} guest: {said:?}"),
         )?;
     }
