@@ -127,21 +127,8 @@ impl UringWait {
             self.also_armed = Some(afd);
         }
         let ts = timeout.map(|t| types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos()));
-        // Read only with a timeout: without a vDSO clock (a PV dom0's
-        // "xen" clocksource) each reading is a system call.
-        let deadline = timeout.map(|t| (std::time::Instant::now(), t));
         let mut unmask_error = None;
-        let mut first = true;
         loop {
-            // A call that submitted entries returns their count even when
-            // its wait timed out, so the time is checked as well (after
-            // the first call: the clock is not read twice in a row).
-            if !std::mem::take(&mut first)
-                && deadline.is_some_and(|(start, t)| start.elapsed() >= t)
-                && self.ring.completion().is_empty()
-            {
-                return Ok(Woken::TimedOut);
-            }
             let submitted = match &ts {
                 Some(ts) => self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(ts)),
                 None => self.ring.submit_and_wait(1),
@@ -149,12 +136,16 @@ impl UringWait {
             match submitted {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
-                    if self.ring.completion().is_empty() {
-                        return Ok(Woken::TimedOut);
-                    }
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) => return Err(e),
+            }
+            // A call that submitted entries returns their count even when
+            // its wait timed out (not ETIME), so with a timeout a return
+            // without completions is taken as the timeout. The clock is
+            // not read: without a vDSO clock (a PV dom0's "xen"
+            // clocksource) each reading is a system call.
+            if ts.is_some() && self.ring.completion().is_empty() {
+                return Ok(Woken::TimedOut);
             }
             let (mut port, mut stopped, mut nothing, mut ready) = (None, false, false, false);
             for cqe in self.ring.completion() {
