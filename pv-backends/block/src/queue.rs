@@ -337,18 +337,7 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                     }
                     let mut wait = WaitFor::new(masked.take(), stop.fd());
                     wait.timeout = Some(timeout);
-                    match self.evtchn.unmask_and_wait(wait).map_err(evtchn_error)? {
-                        Wake::Stopped => {
-                            self.answer(&mut ring, &mut responses, false, &stats)?;
-                            return Ok(());
-                        }
-                        Wake::Port(port) => {
-                            Stats::add(&stats.events_received, 1);
-                            masked = Some(port);
-                        }
-                        Wake::Also | Wake::TimedOut => {}
-                        Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
-                    }
+                    masked = self.sleep(wait, &stats)?;
                     continue;
                 }
                 // Held for requests that were then not there (the ring
@@ -378,23 +367,32 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
             // from now on means new requests. This handle has one port
             // bound, and a port stays masked from its delivery until the
             // unmask, so there is at most one pending entry to take.
-            match self.evtchn.unmask_and_wait(WaitFor::new(masked.take(), stop.fd())).map_err(evtchn_error)? {
-                Wake::Stopped => return Ok(()),
-                Wake::Port(port) => {
-                    Stats::add(&stats.events_received, 1);
-                    masked = Some(port);
-                }
-                Wake::Also | Wake::TimedOut => {}
-                // Readable without a pending port: the peer's end went
-                // away (a loopback doorbell hangs up). Do not spin while
-                // the control thread notices and stops this queue.
-                Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
-            }
+            masked = self.sleep(WaitFor::new(masked.take(), stop.fd()), &stats)?;
         }
     }
 }
 
 impl<G: GrantMap, E: EventChannels> Queue<G, E> {
+    /// Unmasks and sleeps as `wait` says; gives the port that woke the
+    /// queue (masked until the next sleep), if one did. A stop is seen by
+    /// the loop's next look at the stop signal (set before its fd is
+    /// signalled), which answers the responses held.
+    fn sleep(&self, wait: WaitFor<'_>, stats: &Stats) -> Result<Option<EvtchnPort>, QueueError> {
+        let queue = self.index;
+        match self.evtchn.unmask_and_wait(wait).map_err(|source| QueueError::Evtchn { queue, source })? {
+            Wake::Port(port) => {
+                Stats::add(&stats.events_received, 1);
+                return Ok(Some(port));
+            }
+            Wake::Stopped | Wake::Also | Wake::TimedOut => {}
+            // Readable without a pending port: the peer's end went away
+            // (a loopback doorbell hangs up). Do not spin while the
+            // control thread notices and stops this queue.
+            Wake::Spurious => std::thread::sleep(SPURIOUS_WAKEUP_BACKOFF),
+        }
+        Ok(None)
+    }
+
     /// Whether to hold `held` responses (that the frontend waits for an
     /// event for, answering `held_bytes` of data) for more requests: with
     /// moderation on, not held once already, no kick owed, fewer than the
