@@ -800,17 +800,7 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> BackRing<'a, Req, Rsp> {
     /// true means requests are waiting and the back end must not sleep.
     #[must_use = "true means there is work and the caller must not sleep"]
     pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
-        if self.has_unconsumed_requests()? {
-            return Ok(true);
-        }
-        self.mem
-            .store_index(SringIndex::ReqEvent, self.req_cons + Wrapping(1));
-        // xen_mb: req_event must be visible before req_prod is re-read;
-        // pairs with the front end's mb between storing req_prod and loading
-        // req_event, so a request pushed meanwhile is either seen here or
-        // notified there.
-        fence(Ordering::SeqCst);
-        self.has_unconsumed_requests()
+        self.final_check_for_requests_after(1)
     }
 
     /// As [`final_check_for_requests`](Self::final_check_for_requests), but
@@ -826,7 +816,10 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> BackRing<'a, Req, Rsp> {
         }
         self.mem
             .store_index(SringIndex::ReqEvent, self.req_cons + Wrapping(count.max(1)));
-        // xen_mb: as in final_check_for_requests.
+        // xen_mb: req_event must be visible before req_prod is re-read;
+        // pairs with the front end's mb between storing req_prod and loading
+        // req_event, so a request pushed meanwhile is either seen here or
+        // notified there.
         fence(Ordering::SeqCst);
         self.has_unconsumed_requests()
     }
