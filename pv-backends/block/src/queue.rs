@@ -210,9 +210,10 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
     /// ([`BackRing::final_check_for_requests_after`]), or for at most
     /// `timeout`, serves what came, and answers all of them with one
     /// event. A response is held once at most, so none waits longer than
-    /// `timeout` and a round. A frontend with one request in flight (a
-    /// target below two) is answered at once, and so are responses for
-    /// 64 KiB of data or more.
+    /// `timeout` and a round. A hold that times out with no request come
+    /// makes the queue forget the depth seen: the frontend's depth fell.
+    /// A frontend with one request in flight (a target below two) is
+    /// answered at once, and so are responses for 64 KiB of data or more.
     #[must_use]
     pub fn coalescing(mut self, coalesce: Option<Coalesce>) -> Self {
         self.coalesce = coalesce.filter(|c| c.max_held > 1 && !c.timeout.is_zero());
@@ -340,9 +341,16 @@ impl<G: GrantMap, E: EventChannels> Queue<G, E> {
                     masked = self.sleep(wait, &stats)?;
                     continue;
                 }
-                // Held for requests that were then not there (the ring
-                // broke, which the next round reports), or held once
-                // already: answer them.
+                // Held once already, and no request came while held: the
+                // frontend waited for these responses before sending
+                // more, so its depth fell. Forget the depth seen, so that
+                // its next requests are answered at once rather than each
+                // held until the windows of rounds have passed. (Or held
+                // for requests that were then not there: the ring broke,
+                // which the next round reports.) Answer them.
+                if held_once {
+                    depth = Depth::default();
+                }
                 self.answer(&mut ring, &mut responses, false, &stats)?;
                 (held_once, held_bytes) = (false, 0);
             }
