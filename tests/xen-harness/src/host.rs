@@ -683,8 +683,18 @@ impl XenHost {
         }
         if let Some(i) = gone {
             if let Some((g, pat)) = waits.get(i) {
+                // What the guest printed last, and why xl says it ended,
+                // so that the failure explains itself.
+                let tail = self
+                    .run(&format!(
+                        "tail -n 30 {} 2>/dev/null | tr -d '\\r'; echo '--- xl log:'; tail -n 8 /var/log/xen/xl-{}.log 2>/dev/null",
+                        shell_quote(&console_log_path(&g.name)),
+                        shell_quote(&g.name)
+                    ))
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
                 return Err(Error::Check(format!(
-                    "guest {} is gone without printing a line containing {pat:?}",
+                    "guest {} is gone without printing a line containing {pat:?}; its console's last lines:\n{tail}",
                     g.name
                 )));
             }
