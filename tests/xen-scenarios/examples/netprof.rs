@@ -59,8 +59,16 @@ for p in {phases}; do
     case $b in netback) ip=192.168.200.1 ;; *) ip=192.168.201.1 ;; esac
     case $d in d2g) flag=-R ;; *) flag= ;; esac
     echo "RXEN-PROF start $b $d"
+    case $b in netback) n=$k ;; *) n=$r ;; esac
+    pk0="$(cat /sys/class/net/$n/statistics/tx_packets) $(cat /sys/class/net/$n/statistics/rx_packets)"
+    grep -E -- '-event' /proc/interrupts > /tmp/i0; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s0
     mbps=$(iperf3 -c $ip -t {seconds} -f m $flag 2>/tmp/iperf.err | awk '/receiver/ {{print $7}}')
+    grep -E -- '-event' /proc/interrupts > /tmp/i1; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s1
+    pk1="$(cat /sys/class/net/$n/statistics/tx_packets) $(cat /sys/class/net/$n/statistics/rx_packets)"
     echo "RXEN-PROF end $b $d mbps=$mbps"
+    echo "$pk0 $pk1" | awk -v p="$b $d" '{{print "RXEN-PROF guest-packets", p, "tx", $3-$1, "rx", $4-$2}}'
+    paste /tmp/i0 /tmp/i1 | awk -v p="$b $d" '{{n=NF/2; a=$2+$3; c=$(n+2)+$(n+3); if (c-a > 0) print "RXEN-PROF guest-irq", p, c-a, $n}}'
+    paste /tmp/s0 /tmp/s1 | awk -v p="$b $d" '{{print "RXEN-PROF guest-stat", p, $1, "user", $13-$2, "sys", $15-$4, "idle", $16-$5, "softirq", $19-$8, "steal", $20-$9}}'
     sleep 30
 done
 echo "RXEN-PROF done"
@@ -117,7 +125,7 @@ echo "== threads (utime stime)"; cat /tmp/t0 /tmp/t1
 echo "== syscalls"; timeout 10 $P trace -s -p $pid -- sleep 3 2>&1 | grep -v "^$" | head -30
 echo "== perf by comm"; $P report -i /tmp/perf.data --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
 echo "== symbols of the backend threads"; $P report -i /tmp/perf.data --no-children --sort comm,dso,sym --stdio -g none --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
-echo "== inclusive, rnetback's queue threads"; $P report -i /tmp/perf.data --children --comms rnetback-q0,rnetback-q1,rnetback-q0-tx,rnetback-q0-rx,rnetback-q1-tx,rnetback-q1-rx --sort comm,sym --stdio -g none --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+echo "== inclusive, rnetback's queue threads"; $P report -i /tmp/perf.data --children --comms rnetback-q0,rnetback-q1,rnetback-q0-tx,rnetback-q0-rx,rnetback-q1-tx,rnetback-q1-rx,rnetback-q0-tap,rnetback-q1-tap --sort comm,sym --stdio -g none --percent-limit 1.0 2>/dev/null | grep -v "^#" | grep -v "^$" | head -120
 echo "== hypercall callers (all comms)"; $P report -i /tmp/perf.data --no-children --sort comm,sym --stdio -g caller,0.5,callee,function,percent --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150
 "#,
                 &[],
@@ -130,7 +138,7 @@ echo "== hypercall callers (all comms)"; $P report -i /tmp/perf.data --no-childr
     }
     h.wait_guest_line(&g, "RXEN-PROF done", Duration::from_secs(600)).unwrap();
     let console = h.guest_console(&g.name).unwrap();
-    for l in console.lines().filter(|l| l.contains("RXEN-PROF end")) {
+    for l in console.lines().filter(|l| ["RXEN-PROF end", "RXEN-PROF guest-"].iter().any(|m| l.contains(m))) {
         println!("{l}");
     }
     let _ = h.shutdown();
