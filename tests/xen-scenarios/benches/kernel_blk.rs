@@ -22,6 +22,13 @@
 //! depth 1 and 32 (IOPS), all O_DIRECT through io_uring. Prints the median
 //! of the rounds, the ratio Rust / C (goal >= 1.0 on every line) and in how
 //! many rounds the Rust driver was ahead.
+//!
+//! Development aids: `RXEN_KBLK_JOBS` (job names, comma-separated) runs
+//! only those jobs; `RXEN_KBLK_RUST_KO=PATH` loads that `xen_blkfront_rs.ko`
+//! (built against the same kernel, e.g. from a kernel tree with the series
+//! applied) instead of the host's, and checks the guest got it;
+//! `RXEN_KBLK_RUST_VARIANT="SHELL"` adds a fourth variant, the Rust driver
+//! after SHELL (see [`rust_variant`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,7 +55,25 @@ const DRIVERS: [(&str, &str, &str); 2] = [("rust", "vbd_rs", "blkif-rs"), ("c", 
 /// the Rust driver, the C driver with its interrupts where Xen put them
 /// (as shipped), and with them pinned as the Rust driver pins its own.
 const VARIANTS: [(usize, &str, &str); 3] =
-    [(0, "rust", ""), (1, "c", "c_irqs placed\n"), (1, "c-pinned", "c_irqs pinned\n")];
+    [(0, "rust", "rust_default\n"), (1, "c", "c_irqs placed\n"), (1, "c-pinned", "c_irqs pinned\n")];
+
+/// `RXEN_KBLK_RUST_VARIANT="SHELL"`: a fourth variant, "rust-var", the Rust
+/// driver with SHELL run before each of its jobs (and undone by
+/// `rust_default` before the Rust driver's own). SHELL can use `$rdisk`
+/// (the Rust driver's disk) and `rust_irqs own|other` (its queue i
+/// interrupt on vCPU i, or on the next vCPU).
+fn rust_variant() -> Option<String> {
+    std::env::var("RXEN_KBLK_RUST_VARIANT").ok().filter(|s| !s.trim().is_empty())
+}
+
+/// The variants measured: `VARIANTS`, and "rust-var" when asked for.
+fn variants() -> Vec<(usize, String, String)> {
+    let mut v: Vec<_> = VARIANTS.iter().map(|(d, l, p)| (*d, (*l).to_owned(), (*p).to_owned())).collect();
+    if let Some(shell) = rust_variant() {
+        v.push((0, "rust-var".to_owned(), format!("{shell}\n")));
+    }
+    v
+}
 /// (guest disk, xenbus device) of the two disks.
 const DISKS: [(&str, &str); 2] = [("xvdb", "vbd-51728"), ("xvdc", "vbd-51744")];
 
@@ -72,7 +97,11 @@ fn guest_script(seconds: u32, g: usize, rounds: std::ops::RangeInclusive<usize>)
         // The Rust driver binds each queue's interrupt to that queue's CPU
         // itself; the C driver's go where Xen puts them. Their placement
         // is kept (cirqs: irq:placed:pinned) for c_irqs to switch between.
-        let pin = if *label == "c" { "cirqs=\"$cirqs $q:$p:$((n % $(nproc)))\"; " } else { "" };
+        let pin = if *label == "c" {
+            "cirqs=\"$cirqs $q:$p:$((n % $(nproc)))\"; ".to_owned()
+        } else {
+            format!("rdisk={disk}; rirqs=\"$rirqs $q:$p:$(((n + 1) % $(nproc)))\"; ")
+        };
         s.push_str(&format!(
             "echo {dev} > /sys/bus/xen/drivers/{drv}/bind\n\
              i=0; while [ ! -b /dev/{disk} ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n\
@@ -93,11 +122,19 @@ fn guest_script(seconds: u32, g: usize, rounds: std::ops::RangeInclusive<usize>)
          c_irqs pinned; for e in $cirqs; do q=${e%%:*}; \
          echo \"RXEN-FIO irq blkif $q can be pinned to cpu $(cat /proc/irq/$q/effective_affinity_list)\"; done\n",
     );
+    // rust_irqs own|other: the Rust driver's interrupts where it put them,
+    // or each on the next vCPU; rust_default: as the driver set them.
+    s.push_str(
+        "rust_irqs() { for e in $rirqs; do q=${e%%:*}; r=${e#*:}; \
+         if [ $1 = own ]; then c=${r%%:*}; else c=${r#*:}; fi; \
+         echo $c > /proc/irq/$q/smp_affinity_list; done; }\n\
+         rust_default() { rust_irqs own; echo 1 > /sys/block/$rdisk/queue/rq_affinity; }\n",
+    );
     // irqs NAME: the interrupts so far of the lines named NAME, all CPUs.
     s.push_str("irqs() { grep -E \" $1$\" /proc/interrupts | awk -v n=$(nproc) '{for (i = 2; i <= n + 1; i++) s += $i} END {print s + 0}'; }\n");
     for round in rounds {
         for job in jobs() {
-            let mut order = VARIANTS;
+            let mut order = variants();
             if round % 2 == 0 {
                 order.reverse();
             }
@@ -105,7 +142,7 @@ fn guest_script(seconds: u32, g: usize, rounds: std::ops::RangeInclusive<usize>)
                 let (disk, _) = disk_of(d, g);
                 let irq = DRIVERS[d].2;
                 let labels = format!("drv={label} round={round} disk={disk}");
-                s.push_str(pre);
+                s.push_str(&pre);
                 s.push_str(&format!("a=$(irqs {irq})\n"));
                 s.push_str(&fio::command(&job, &format!("/dev/{disk}"), SIZE_MIB, seconds, &labels));
                 s.push_str(&format!("echo \"RXEN-KBLK {labels} job={} irqs=$(($(irqs {irq}) - a))\"\n", job.0));
@@ -149,6 +186,15 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
         }
         let mut overlay = Archive::new();
         overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds, g, range.clone()).as_bytes());
+        // RXEN_KBLK_RUST_KO=PATH: measure a rebuilt Rust driver (built
+        // against the same kernel) without rebuilding the test host.
+        if let Ok(ko) = std::env::var("RXEN_KBLK_RUST_KO") {
+            let release = h.manifest().guest_release(GuestKernel::Rxen612)?.to_owned();
+            let bytes = std::fs::read(&ko).map_err(|e| xen_harness::Error::Check(format!("RXEN_KBLK_RUST_KO={ko}: {e}")))?;
+            let path = format!("/lib/modules/{release}/kernel/drivers/block/xen_blkfront_rs.ko");
+            overlay.file(&path, 0o644, &bytes);
+            overlay.file("/rxen/guest.d/39-ko", 0o755, format!("#!/bin/sh\necho \"RXEN-FIO insmod-ko $(sha256sum {path})\"\n").as_bytes());
+        }
         let initrd = h.guest_initrd_with(&format!("bench-kernel-blk-{g}"), overlay)?;
         let mut guest = GuestConfig::new(&format!("kblk-{g}"), GuestKind::Pv, GuestKernel::Rxen612)
             .with_ramdisk(&initrd)
@@ -160,7 +206,7 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
         guest.vcpus = 2;
         let gd = h.xl_create(&guest)?;
         // Each job: fio's ramp, its seconds and start-up, per driver per round.
-        let jobs = (jobs().len() * VARIANTS.len() * range.count()) as u64;
+        let jobs = (jobs().len() * variants().len() * range.count()) as u64;
         let budget = (u64::from(seconds) + 10) * jobs + 300;
         let done = h.wait_guest_line(&gd, "RXEN-FIO done", Duration::from_secs(budget))?;
         log::info!("{}: {}", gd.name, done.line);
@@ -174,6 +220,13 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
         }
         for line in text.lines().filter(|l| l.contains("RXEN-FIO irq") || l.contains("RXEN-FIO insmod")) {
             println!("  {}: {line}", gd.name);
+        }
+        if let Ok(ko) = std::env::var("RXEN_KBLK_RUST_KO") {
+            let out = std::process::Command::new("sha256sum").arg(&ko).output().map_err(|e| xen_harness::Error::Check(format!("sha256sum {ko}: {e}")))?;
+            let want = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned();
+            if want.is_empty() || !text.contains(&format!("RXEN-FIO insmod-ko {want} ")) {
+                return Err(xen_harness::Error::Check(format!("{}: the guest did not get {ko} (sha256 {want})", gd.name)));
+            }
         }
         console.push_str(&text);
     }
@@ -216,6 +269,25 @@ fn print_table(rows: &Rows, irqs: &Rows, seconds: u32) {
         );
     }
     println!("goal (Rust >= 1.0x C on every line): {}", if met { "met" } else { "NOT met" });
+    if let Some(shell) = rust_variant() {
+        println!("\nrust-var (the Rust driver after `{}`) against the Rust driver and C pinned, per round:", shell.trim());
+        for (job, _, _) in fio::JOBS {
+            let per_round = |d: &str| rows.get(job).and_then(|x| x.get(d)).cloned().unwrap_or_default();
+            let (v, r, p) = (per_round("rust-var"), per_round("rust"), per_round("c-pinned"));
+            if v.is_empty() {
+                continue;
+            }
+            let ratios = |o: &[f64]| v.iter().zip(o).map(|(a, b)| format!("{:.2}", a / b)).collect::<Vec<_>>().join(" ");
+            println!(
+                "  {job:<20} median {:.1}: {:.2}x Rust ({}), {:.2}x C pinned ({})",
+                fio::median(rows, job, "rust-var"),
+                fio::median(rows, job, "rust-var") / fio::median(rows, job, "rust"),
+                ratios(&r),
+                fio::median(rows, job, "rust-var") / fio::median(rows, job, "c-pinned"),
+                ratios(&p)
+            );
+        }
+    }
     // Interrupts per I/O (per MB for the MB/s jobs): the medians of the
     // runs' interrupts over their ramp and measured seconds, over the
     // median rate (so approximate: fio's start-up is counted too).
