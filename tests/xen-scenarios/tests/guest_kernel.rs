@@ -57,15 +57,25 @@ done
 dmesg | grep -E 'xen_blkfront_rs|: [0-9]+ sectors of' | sed 's/^/RXEN-GK dmesg /'
 # The Rust driver's disk hangs under its xenbus device.
 [ -e /sys/bus/xen/drivers/vbd_rs/vbd-51728 ] && echo "RXEN-GK parent xvdb $(readlink /sys/block/xvdb/device)"
-# Its completion interrupts come to the CPU that submitted the requests:
-# the Rust driver's interrupts per CPU (all its disks; only xvdb is busy)
-# before and after 300 reads from each CPU in turn.
+# Where its completion interrupts come: the Rust driver's interrupts per
+# CPU (all its disks; only xvdb is busy) around reads from each CPU in
+# turn. With 32 small reads in flight they move to the other CPU
+# ("irq-deep"); one at a time, after 100 to let them move back, 300 reads
+# are answered on the submitting CPU ("irq-cpu").
+irq_counts() { grep ' blkif-rs$' /proc/interrupts | awk '{c0 += $2; c1 += $3} END {print c0 + 0, c1 + 0}'; }
 if [ -e /sys/bus/xen/drivers/vbd_rs/vbd-51728 ]; then
     for cpu in 0 1; do
-        a=$(grep ' blkif-rs$' /proc/interrupts | awk '{c0 += $2; c1 += $3} END {print c0 + 0, c1 + 0}')
+        a=$(irq_counts)
+        fio --name=deep --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=io_uring \
+            --iodepth=32 --size=64M --number_ios=4000 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
+        b=$(irq_counts)
+        echo "RXEN-GK irq-deep $cpu $a $b"
+        fio --name=settle --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=psync \
+            --size=16M --number_ios=100 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
+        a=$(irq_counts)
         fio --name=irq --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=psync \
             --size=16M --number_ios=300 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
-        b=$(grep ' blkif-rs$' /proc/interrupts | awk '{c0 += $2; c1 += $3} END {print c0 + 0, c1 + 0}')
+        b=$(irq_counts)
         echo "RXEN-GK irq-cpu $cpu $a $b"
     done
 fi
@@ -295,18 +305,28 @@ fn rust_blkfront(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         rust_gk.iter().any(|l| l.starts_with("parent xvdb ") && l.ends_with("/vbd-51728")),
         format!("/sys/block/xvdb/device is the xenbus device vbd-51728: {rust_gk:?}"),
     )?;
-    // Each queue's interrupt is on a CPU that submits to it: 300 reads
-    // from one vCPU, then the other, are answered by interrupts on that
-    // vCPU (left where Xen puts them, they may come to the other, which
-    // then has to send the submitter an IPI).
-    for cpu in [0usize, 1] {
-        let counts: Vec<i64> = rust_gk
+    // Each queue's interrupt is on a CPU that submits to it while it is
+    // kept shallow: 300 reads one at a time from one vCPU, then the other,
+    // are answered by interrupts on that vCPU (left where Xen puts them,
+    // they may come to the other, which then has to send the submitter an
+    // IPI). Kept deep with small requests, it moves to the other vCPU,
+    // which then takes the completions beside the busy submitter.
+    let counts = |what: &str, cpu: usize| -> Result<(i64, i64)> {
+        let n: Vec<i64> = rust_gk
             .iter()
-            .find_map(|l| l.strip_prefix(&format!("irq-cpu {cpu} ")))
+            .find_map(|l| l.strip_prefix(&format!("{what} {cpu} ")))
             .map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_default();
-        ensure(counts.len() == 4, format!("interrupt counts around reads from vCPU {cpu}: {rust_gk:?}"))?;
-        let (here, there) = (counts[2 + cpu] - counts[cpu], counts[3 - cpu] - counts[1 - cpu]);
+        ensure(n.len() == 4, format!("{what}: interrupt counts around reads from vCPU {cpu}: {rust_gk:?}"))?;
+        Ok((n[2 + cpu] - n[cpu], n[3 - cpu] - n[1 - cpu]))
+    };
+    for cpu in [0usize, 1] {
+        let (here, there) = counts("irq-deep", cpu)?;
+        ensure(
+            there >= 20 && there >= 2 * here,
+            format!("4000 reads 32 in flight from vCPU {cpu}: {here} interrupts there, {there} on the other vCPU"),
+        )?;
+        let (here, there) = counts("irq-cpu", cpu)?;
         ensure(
             here >= 250 && there <= here / 10,
             format!("300 reads from vCPU {cpu}: {here} interrupts there, {there} on the other vCPU"),
