@@ -164,20 +164,46 @@ fn main() {
     init_logging();
     let seconds = fio::seconds();
     let mut figures = Figures::default();
+    // Before the host boots, so that a bad path fails at once.
+    let ko = rust_ko().expect("RXEN_KBLK_RUST_KO names a readable module");
     let config = HostConfig::new("bench-kernel-blk").expect("the Xen test host is built (make xen-host)");
     let mut host = boot(config, &mut figures).expect("the Xen test host boots");
-    let result = run(&mut host, seconds);
+    let result = run(&mut host, seconds, ko);
     let _ = host.shutdown();
     let (rows, irqs) = result.expect("the guest kernel block benchmark ran");
     print_table(&rows, &irqs, seconds);
     println!("\nhost figures:\n{}", figures.table());
 }
 
+/// A rebuilt Rust driver to load instead of the host's.
+struct RustKo {
+    path: String,
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+/// `RXEN_KBLK_RUST_KO=PATH`: measure a rebuilt Rust driver (built against
+/// the same kernel) without rebuilding the test host; read once, with the
+/// sha256 the guest must report for it.
+fn rust_ko() -> xen_harness::Result<Option<RustKo>> {
+    let Ok(path) = std::env::var("RXEN_KBLK_RUST_KO") else {
+        return Ok(None);
+    };
+    let check = |what: &str, e: &dyn std::fmt::Display| xen_harness::Error::Check(format!("RXEN_KBLK_RUST_KO={path}: {what}: {e}"));
+    let bytes = std::fs::read(&path).map_err(|e| check("read", &e))?;
+    let out = std::process::Command::new("sha256sum").arg(&path).output().map_err(|e| check("sha256sum", &e))?;
+    let sha256 = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned();
+    if sha256.is_empty() {
+        return Err(check("sha256sum", &"no digest"));
+    }
+    Ok(Some(RustKo { path, bytes, sha256 }))
+}
+
 /// rows[job][driver] = per-round values.
 type Rows = fio::Rows;
 
 /// Each job's results, then the frontend's interrupts in each run.
-fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
+fn run(h: &mut XenHost, seconds: u32, ko: Option<RustKo>) -> xen_harness::Result<(Rows, Rows)> {
     h.run_ok(&format!(
         "set -e; mkdir -p /var/lib/rxen/bench\n\
          mountpoint -q /var/lib/rxen/bench || mount -t tmpfs -o size=512M tmpfs /var/lib/rxen/bench\n\
@@ -193,13 +219,10 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
         }
         let mut overlay = Archive::new();
         overlay.file("/rxen/guest.d/40-fio", 0o755, guest_script(seconds, g, range.clone()).as_bytes());
-        // RXEN_KBLK_RUST_KO=PATH: measure a rebuilt Rust driver (built
-        // against the same kernel) without rebuilding the test host.
-        if let Ok(ko) = std::env::var("RXEN_KBLK_RUST_KO") {
+        if let Some(ko) = &ko {
             let release = h.manifest().guest_release(GuestKernel::Rxen612)?.to_owned();
-            let bytes = std::fs::read(&ko).map_err(|e| xen_harness::Error::Check(format!("RXEN_KBLK_RUST_KO={ko}: {e}")))?;
             let path = format!("/lib/modules/{release}/kernel/drivers/block/xen_blkfront_rs.ko");
-            overlay.file(&path, 0o644, &bytes);
+            overlay.file(&path, 0o644, &ko.bytes);
             overlay.file("/rxen/guest.d/39-ko", 0o755, format!("#!/bin/sh\necho \"RXEN-FIO insmod-ko $(sha256sum {path})\"\n").as_bytes());
         }
         let initrd = h.guest_initrd_with(&format!("bench-kernel-blk-{g}"), overlay)?;
@@ -228,11 +251,9 @@ fn run(h: &mut XenHost, seconds: u32) -> xen_harness::Result<(Rows, Rows)> {
         for line in text.lines().filter(|l| l.contains("RXEN-FIO irq") || l.contains("RXEN-FIO insmod")) {
             println!("  {}: {line}", gd.name);
         }
-        if let Ok(ko) = std::env::var("RXEN_KBLK_RUST_KO") {
-            let out = std::process::Command::new("sha256sum").arg(&ko).output().map_err(|e| xen_harness::Error::Check(format!("sha256sum {ko}: {e}")))?;
-            let want = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned();
-            if want.is_empty() || !text.contains(&format!("RXEN-FIO insmod-ko {want} ")) {
-                return Err(xen_harness::Error::Check(format!("{}: the guest did not get {ko} (sha256 {want})", gd.name)));
+        if let Some(ko) = &ko {
+            if !text.contains(&format!("RXEN-FIO insmod-ko {} ", ko.sha256)) {
+                return Err(xen_harness::Error::Check(format!("{}: the guest did not get {} (sha256 {})", gd.name, ko.path, ko.sha256)));
             }
         }
         console.push_str(&text);
