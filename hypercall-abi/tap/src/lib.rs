@@ -7,7 +7,10 @@
 //! partially checksummed or GSO frames only as far as
 //! [`Tap::set_offload`] allows. With `multi_queue`, more queues of the
 //! same interface are opened with [`Tap::open_queue`], and the kernel
-//! spreads frames across them.
+//! spreads frames across them. [`Tap::create_with`] chooses how frames
+//! written to the interface reach the host's stack ([`Delivery`]): in the
+//! write, or through a NAPI instance per queue (`IFF_NAPI`), run in the
+//! write's softirq or in a kernel thread of its own.
 //!
 //! The interface is configured through the usual ioctls: MAC address,
 //! MTU, link up, and membership of a Linux bridge (what Xen's `vif-bridge`
@@ -48,6 +51,10 @@ const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 /// `IFF_MULTI_QUEUE`: the interface has one queue per open fd.
 const IFF_MULTI_QUEUE: i16 = 0x0100;
+/// `IFF_NAPI`: frames written to the queue are handed to the network
+/// stack by a NAPI instance of the queue (with GRO), not in the writer's
+/// system call.
+const IFF_NAPI: i16 = 0x0010;
 /// `IFF_UP` (`<linux/if.h>`).
 const IFF_UP: i16 = 0x1;
 
@@ -149,6 +156,23 @@ pub struct Tap {
     file: File,
     name: String,
     multi_queue: bool,
+    napi: bool,
+}
+
+/// How frames written to a [`Tap`] reach the host's network stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// In the `write` that hands them over (the kernel's default).
+    #[default]
+    Inline,
+    /// Queued for the queue's NAPI instance (`IFF_NAPI`), which the write
+    /// schedules and which then runs in the softirq that ends the write.
+    Napi,
+    /// Queued for the queue's NAPI instance, run by a kernel thread of its
+    /// own (`IFF_NAPI` and the interface's `threaded` attribute): the
+    /// write only queues the frame, and the thread hands a batch of them
+    /// (up to the NAPI weight, 64) to the stack together.
+    NapiThread,
 }
 
 impl Tap {
@@ -157,12 +181,33 @@ impl Tap {
     /// [`VirtioNetHdr`] before every frame and no offload yet. With
     /// `multi_queue`, further queues come from [`Tap::open_queue`].
     pub fn create(name: &str, multi_queue: bool) -> Result<Tap, TapError> {
-        Tap::attach(name, multi_queue, true)
+        Tap::create_with(name, multi_queue, Delivery::Inline)
+    }
+
+    /// [`Tap::create`], with frames written to every queue of the
+    /// interface delivered as `delivery` says.
+    pub fn create_with(name: &str, multi_queue: bool, delivery: Delivery) -> Result<Tap, TapError> {
+        let tap = Tap::attach(name, multi_queue, delivery != Delivery::Inline, true)?;
+        // The attribute needs a NAPI instance, which the queue just made;
+        // queues attached later get their threads from it.
+        tap.set_napi_threaded(delivery == Delivery::NapiThread)?;
+        Ok(tap)
+    }
+
+    /// Sets the interface's `threaded` attribute: with `IFF_NAPI` queues,
+    /// whether their NAPI instances run in kernel threads of their own.
+    fn set_napi_threaded(&self, on: bool) -> Result<(), TapError> {
+        if !self.napi {
+            return Ok(());
+        }
+        let path = format!("/sys/class/net/{}/threaded", self.name);
+        std::fs::write(&path, if on { "1" } else { "0" })
+            .map_err(|e| TapError::io("write /sys/class/net/*/threaded", &self.name, e))
     }
 
     /// Opens a queue of TAP `name` (creating the interface if it does not
     /// exist); `reset_offload` clears the interface's offloads.
-    fn attach(name: &str, multi_queue: bool, reset_offload: bool) -> Result<Tap, TapError> {
+    fn attach(name: &str, multi_queue: bool, napi: bool, reset_offload: bool) -> Result<Tap, TapError> {
         check_name(name)?;
         if !Path::new(TUN_DEVICE).exists() {
             return Err(TapError::NoTunDevice);
@@ -181,6 +226,9 @@ impl Tap {
         if multi_queue {
             flags |= IFF_MULTI_QUEUE;
         }
+        if napi {
+            flags |= IFF_NAPI;
+        }
         req.set_flags(flags);
         sys::ioctl_ifreq(file.as_fd(), sys::TUNSETIFF, &mut req)
             .map_err(|e| TapError::io("TUNSETIFF", name, e))?;
@@ -192,6 +240,7 @@ impl Tap {
             file,
             name,
             multi_queue,
+            napi,
         };
         // The offloads belong to the interface, not the queue: a queue
         // attached to a running interface leaves them as they are.
@@ -218,7 +267,7 @@ impl Tap {
                 ),
             });
         }
-        Tap::attach(&self.name, true, false)
+        Tap::attach(&self.name, true, self.napi, false)
     }
 
     /// The interface name.
@@ -259,6 +308,7 @@ impl Tap {
             file,
             name: self.name.clone(),
             multi_queue: self.multi_queue,
+            napi: self.napi,
         })
     }
 
@@ -573,6 +623,42 @@ mod tests {
     #[test]
     fn frames_cross_between_the_tap_and_the_host_with_their_metadata() {
         let tap = new_tap(false);
+        frames_cross(&tap, &[&tap]);
+    }
+
+    /// `NAME`'s kernel threads `napi/NAME-<id>` (their names cut to 15
+    /// bytes, as the kernel keeps them).
+    fn napi_threads(name: &str) -> usize {
+        let prefix: String = format!("napi/{name}-").chars().take(15).collect();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end().starts_with(&prefix))
+            .count()
+    }
+
+    #[test]
+    fn napi_delivery_hands_frames_to_the_stack_in_the_write_or_a_thread() {
+        for (delivery, threaded) in [(Delivery::Napi, "0"), (Delivery::NapiThread, "1")] {
+            let tap = match Tap::create_with(&unique("rxt"), true, delivery) {
+                Ok(tap) => tap,
+                Err(e) => panic!("creating a TAP with {delivery:?} failed: {e}"),
+            };
+            let second = tap.open_queue().unwrap();
+            let attr = std::fs::read_to_string(format!("/sys/class/net/{}/threaded", tap.name())).unwrap();
+            assert_eq!(attr.trim(), threaded, "{delivery:?}");
+            // A thread per queue with NapiThread, the second queue's made
+            // when it was attached; none without.
+            let want = if delivery == Delivery::NapiThread { 2 } else { 0 };
+            assert_eq!(napi_threads(tap.name()), want, "{delivery:?}");
+            frames_cross(&tap, &[&tap, &second]);
+            frames_cross(&second, &[&tap, &second]);
+        }
+    }
+
+    /// A frame written to `tap` reaches the host, and one the host sends
+    /// is read from one of `queues` (the interface's queues).
+    fn frames_cross(tap: &Tap, queues: &[&Tap]) {
         tap.set_offload(Offload::CSUM | Offload::TSO4 | Offload::TSO6)
             .unwrap();
         tap.set_up(true).unwrap();
@@ -605,16 +691,18 @@ mod tests {
         sent.extend(frame(0x88b6, 0x55));
         host.send(&sent).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            sys::poll_readable(tap.fd(), 100).unwrap();
-            match tap.recv(&mut buf) {
-                Ok(n) if buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == 0x88b6u16.to_be_bytes() => {
-                    assert_eq!(buf[VNET_HDR_LEN..n], frame(0x88b6, 0x55));
-                    break;
+'received: loop {
+            for queue in queues {
+                sys::poll_readable(queue.fd(), 50).unwrap();
+                match queue.recv(&mut buf) {
+                    Ok(n) if buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == 0x88b6u16.to_be_bytes() => {
+                        assert_eq!(buf[VNET_HDR_LEN..n], frame(0x88b6, 0x55));
+                        break 'received;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
             }
             assert!(
                 std::time::Instant::now() < deadline,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use rnetback::xenbus::parse_mac;
+use rxen_tap::Delivery;
 use rnetback::{Backend, BackendConfig, LoopbackPlatform, Platform, StopSignal, XenPlatform};
 
 const SYNTAX: &str = "\
@@ -82,6 +83,14 @@ struct Cli {
     /// itself.
     #[arg(long, value_enum, default_value_t = TapWriterArg::Thread)]
     tap_writer: TapWriterArg,
+    /// How the packets written to the TAP reach dom0's network stack:
+    /// `inline`, in the write; `napi`, through the TAP queue's NAPI
+    /// instance (IFF_NAPI, with GRO) in the write's softirq; `napi-thread`,
+    /// through that instance in a kernel thread of its own (the TAP's
+    /// `threaded` attribute), which takes a batch of written packets at a
+    /// time.
+    #[arg(long, value_enum, default_value_t = TapDeliveryArg::Inline)]
+    tap_delivery: TapDeliveryArg,
     /// The platform.
     #[arg(long, value_enum, default_value_t = PlatformKind::Xen)]
     platform: PlatformKind,
@@ -102,6 +111,14 @@ enum EvtchnWaitArg {
 enum TapWriterArg {
     Thread,
     Inline,
+}
+
+/// `--tap-delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TapDeliveryArg {
+    Inline,
+    Napi,
+    NapiThread,
 }
 
 fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
@@ -138,6 +155,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
     }
     cfg.split_event_channels = !cli.no_split_event_channels;
     cfg.tap_writer_thread = cli.tap_writer == TapWriterArg::Thread;
+    cfg.tap_delivery = match cli.tap_delivery {
+        TapDeliveryArg::Inline => Delivery::Inline,
+        TapDeliveryArg::Napi => Delivery::Napi,
+        TapDeliveryArg::NapiThread => Delivery::NapiThread,
+    };
     match (cli.platform, cli.loopback_dir) {
         (PlatformKind::Loopback, Some(dir)) => {
             serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, cfg)

@@ -43,7 +43,7 @@ use std::time::Duration;
 use hypercall_abi::platform::{Transaction, Xenstore, XsError};
 pub use hypercall_abi::xen::xenbus::XenbusState;
 use hypercall_abi::xen::DomId;
-use rxen_tap::{Tap, TapError};
+use rxen_tap::{Delivery, Tap, TapError};
 
 use crate::offload::RxFeatures;
 use crate::platform::{Platform, PlatformError};
@@ -91,6 +91,8 @@ pub struct BackendConfig {
     /// copied out while the TAP takes the last; else on the transmit
     /// thread.
     pub tap_writer_thread: bool,
+    /// How the packets written to the TAP reach dom0's network stack.
+    pub tap_delivery: Delivery,
     /// Write `hotplug-status` = `connected` once the TAP is set up, as the
     /// hotplug script does for in-kernel netback (libxl waits for it).
     pub hotplug_status: bool,
@@ -117,6 +119,7 @@ impl BackendConfig {
                 .min(MAX_QUEUES),
             split_event_channels: true,
             tap_writer_thread: true,
+            tap_delivery: Delivery::Inline,
             hotplug_status: true,
             poll_interval: Duration::from_millis(200),
         }
@@ -307,7 +310,7 @@ impl<P: Platform> Backend<P> {
             })?,
             (None, None) => DEFAULT_MTU,
         };
-        let tap = Tap::create(&cfg.tap_name(), cfg.max_queues > 1)?;
+        let tap = Tap::create_with(&cfg.tap_name(), cfg.max_queues > 1, cfg.tap_delivery)?;
         tap.set_carrier(false)?;
         tap.set_mac(TAP_MAC)?;
         tap.set_mtu(mtu)?;

@@ -10,7 +10,9 @@
 //! `RXEN_NET_VARIANT="ARGS"` adds a third vif, served by a second rnetback
 //! with those arguments (on xenbr2, dom0 192.168.202.1), measured in the
 //! same rounds: an A/B of an option in one boot, e.g.
-//! `RXEN_NET_VARIANT="--tap-writer inline"`.
+//! `RXEN_NET_VARIANT="--tap-writer inline"`. `RXEN_NET_BENCH_ROUNDS` and
+//! `RXEN_NET_BENCH_SECONDS` set the rounds (default 3) and the seconds of
+//! each test (default 10).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +23,13 @@ use xen_harness::cpio::Archive;
 use xen_harness::{GuestConfig, GuestKernel, GuestKind, HostConfig, XenHost};
 use xen_scenarios::{attach_rnetback, boot, init_logging, Figures};
 
+/// Rounds by default (`RXEN_NET_BENCH_ROUNDS` sets another number).
 const ROUNDS: usize = 3;
+
+/// The rounds to run.
+fn rounds() -> usize {
+    std::env::var("RXEN_NET_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(ROUNDS)
+}
 const NETBACK_MAC: &str = "00:16:3e:52:01:01";
 const RNETBACK_MAC: &str = "00:16:3e:52:01:02";
 const VARIANT_MAC: &str = "00:16:3e:52:01:03";
@@ -52,7 +60,7 @@ ip addr add 192.168.200.50/24 dev $k; ip link set $k up
 ip addr add 192.168.201.50/24 dev $r; ip link set $r up
 {variant_setup}
 sleep 2
-for round in $(seq {ROUNDS}); do
+for round in $(seq {rounds}); do
     case $round in 2) order='netback rnetback{variant_order}' ;; *) order='rnetback{variant_order} netback' ;; esac
     for b in $order; do
         case $b in netback) ip=192.168.200.1 ;; variant) ip=192.168.202.1 ;; *) ip=192.168.201.1 ;; esac
@@ -66,6 +74,7 @@ for round in $(seq {ROUNDS}); do
 done
 echo "RXEN-IPERF done"
 "#,
+        rounds = rounds(),
         dirs = DIRECTIONS.iter().map(|(d, _)| *d).collect::<Vec<_>>().join(" ")
     )
 }
@@ -113,7 +122,7 @@ fn run(h: &mut XenHost, seconds: u32, variant: Option<&str>) -> xen_harness::Res
     if let Some(args) = variant {
         attach_rnetback(h, &g.name, 2, VARIANT_MAC, "xenbr2", "rvifDOMID.2", args)?;
     }
-    let budget = Duration::from_secs(u64::from(seconds + 4) * 4 * ROUNDS as u64 + 600);
+    let budget = Duration::from_secs(u64::from(seconds + 4) * 6 * rounds() as u64 + 600);
     h.wait_guest_line(&g, "RXEN-IPERF done", budget)?;
     let console = h.guest_console(&g.name)?;
     // Frames and bytes through each vif's dom0 end (the average frame
@@ -152,7 +161,8 @@ fn print_table(rows: &Rows, seconds: u32, variant: Option<&str>) {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     println!(
-        "\nnetwork backends, same 6.12 PV guest (2 vCPUs), iperf3 TCP to/from dom0 ({seconds} s each, median of {ROUNDS} rounds):"
+        "\nnetwork backends, same 6.12 PV guest (2 vCPUs), iperf3 TCP to/from dom0 ({seconds} s each, median of {} rounds):",
+        rounds()
     );
     println!("  {:<16} {:>10} {:>10} {:>8}", "Mbit/s", "rnetback", "netback", "r/n");
     let mut met = true;
