@@ -1,7 +1,7 @@
 //! A development aid (not a suite): dom0's view while one 6.12 PV guest
 //! runs iperf3 over Linux's netback and over rnetback, each direction in
 //! turn: bytes and frames through each vif, interrupts, CPU time of
-//! rnetback's threads, system calls (`perf trace -s`) and a `perf record`
+//! rnetback's threads, dom0's TCP counters (`nstat`), system calls (`perf trace -s`) and a `perf record`
 //! profile with call graphs.
 //!
 //! ```text
@@ -115,9 +115,12 @@ pid=$(pidof rnetback); d=$(xl domid netprof)
 links() { for i in rvif$d.1 vif$d.0; do ip -s link show dev $i | awk -v i=$i 'NR==4 {rx=$1" B "$2" pk"} NR==6 {print i" rx(from guest) "rx" tx(to guest) "$1" B "$2" pk"}'; done; }
 links > /tmp/l0; grep -E "xen-dyn|xen-percpu" /proc/interrupts > /tmp/i0; xl vcpu-list > /tmp/v0
 for t in /proc/$pid/task/*; do echo "$t $(cut -d' ' -f2,14,15 $t/stat)"; done > /tmp/t0
+nstat -n
 $P record -a -F 997 -g -o /tmp/perf.data -- sleep 5 2>&1 | tail -1
 links > /tmp/l1; grep -E "xen-dyn|xen-percpu" /proc/interrupts > /tmp/i1; xl vcpu-list > /tmp/v1
 for t in /proc/$pid/task/*; do echo "$t $(cut -d' ' -f2,14,15 $t/stat)"; done > /tmp/t1
+nstat > /tmp/n1
+echo "== TCP and IP counters (5 s, nstat)"; grep -E "^(Tcp|Ip)" /tmp/n1
 echo "== links (5 s)"; cat /tmp/l0 /tmp/l1
 echo "== interrupts"; paste /tmp/i0 /tmp/i1 | awk '{n=NF/2; a=0; b=0; for (k=2;k<=3;k++) a+=$k; for (k=n+2;k<=n+3;k++) b+=$k; if (b-a > 50) print b-a, $0}' | cut -c1-160
 echo "== vCPU time (s) in the 5 s, as Xen counts it"; paste /tmp/v0 /tmp/v1 | awk 'NR > 1 {print $1, "vcpu", $3, $6 ? $(NF/2+6) - $6 : ""}'
