@@ -29,7 +29,7 @@ mod vnet;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -255,8 +255,33 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Opens another queue of this multi-queue interface, whose written
+    /// frames reach the host's stack as `delivery` says.
+    pub fn open_queue_with(&self, delivery: Delivery) -> Result<Tap, TapError> {
+        let tap = self.open_queue_napi(delivery != Delivery::Inline)?;
+        if delivery == Delivery::NapiThread {
+            tap.set_napi_threaded(true)?;
+        }
+        Ok(tap)
+    }
+
+    /// Frames the host sends go to the first `queues` queues only (the
+    /// ones opened first), by flow (`TUNSETSTEERINGEBPF` with a program
+    /// returning the frame's hash modulo `queues`), for every queue of the
+    /// interface. The others are then only written to.
+    pub fn steer_to_first(&self, queues: u32) -> Result<(), TapError> {
+        let prog = sys::load_steering_prog(queues).map_err(|e| TapError::io("bpf(BPF_PROG_LOAD)", &self.name, e))?;
+        let fd = prog.as_raw_fd();
+        sys::ioctl_int_ptr(self.file.as_fd(), sys::TUNSETSTEERINGEBPF, fd)
+            .map_err(|e| TapError::io("TUNSETSTEERINGEBPF", &self.name, e))
+    }
+
     /// Opens another queue of this multi-queue interface.
     pub fn open_queue(&self) -> Result<Tap, TapError> {
+        self.open_queue_napi(self.napi)
+    }
+
+    fn open_queue_napi(&self, napi: bool) -> Result<Tap, TapError> {
         if !self.multi_queue {
             return Err(TapError::Io {
                 op: "open another queue",
@@ -267,7 +292,7 @@ impl Tap {
                 ),
             });
         }
-        Tap::attach(&self.name, true, self.napi, false)
+        Tap::attach(&self.name, true, napi, false)
     }
 
     /// The interface name.
@@ -654,6 +679,54 @@ mod tests {
             frames_cross(&tap, &[&tap, &second]);
             frames_cross(&second, &[&tap, &second]);
         }
+    }
+
+    /// The queues of `queues` that frames of 32 UDP flows the host sends
+    /// arrive on (by index in `queues`).
+    fn queues_hit(host: &PacketSocket, queues: &[&Tap]) -> std::collections::BTreeSet<usize> {
+        for port in 0..32u16 {
+            let mut f = VirtioNetHdr::default().as_bytes().to_vec();
+            f.extend([0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
+            // IPv4, 20 bytes, UDP, 10.0.0.1 -> 10.0.0.2; UDP ports vary.
+            f.extend([0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+            f.extend((1000 + port).to_be_bytes());
+            f.extend(2000u16.to_be_bytes());
+            f.extend([0, 8, 0, 0]);
+            host.send(&f).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut hit = std::collections::BTreeSet::new();
+        let mut buf = vec![0u8; 2048];
+        for (i, queue) in queues.iter().enumerate() {
+            loop {
+                match queue.recv(&mut buf) {
+                    Ok(n) if n > VNET_HDR_LEN + 23 && buf[VNET_HDR_LEN + 23] == 17 => {
+                        hit.insert(i);
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        hit
+    }
+
+    #[test]
+    fn steering_keeps_the_hosts_frames_on_the_first_queues() {
+        let tap = new_tap(true);
+        let second = tap.open_queue_with(Delivery::NapiThread).unwrap();
+        tap.set_up(true).unwrap();
+        let host = PacketSocket::bind(tap.name(), true).unwrap();
+        // By default the kernel spreads flows over both queues.
+        assert_eq!(queues_hit(&host, &[&tap, &second]).len(), 2);
+
+        tap.steer_to_first(1).unwrap();
+        assert_eq!(queues_hit(&host, &[&tap, &second]), [0].into());
+        // The second queue still delivers what is written to it, through
+        // its NAPI thread.
+        assert_eq!(napi_threads(tap.name()), 1);
+        frames_cross(&second, &[&tap]);
     }
 
     /// A frame written to `tap` reaches the host, and one the host sends

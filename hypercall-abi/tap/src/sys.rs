@@ -16,6 +16,10 @@ pub(crate) const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 pub(crate) const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `TUNSETCARRIER`: `_IOW('T', 226, int)`.
 pub(crate) const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
+/// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)`, the fd of a socket filter
+/// program whose return value (modulo the queues) picks the queue of each
+/// frame the host sends.
+pub(crate) const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 
 /// `SIOCSIFMTU` (`<linux/sockios.h>`).
 pub(crate) const SIOCSIFMTU: libc::c_ulong = 0x8922;
@@ -286,4 +290,83 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
             return Err(err);
         }
     }
+}
+
+/// `struct bpf_insn` (`<linux/bpf.h>`): opcode, destination register in
+/// the low and source register in the high nibble, offset, immediate.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BpfInsn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `prog_flags`; the
+/// kernel takes a shorter attribute and treats the rest as zero.
+#[repr(C)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// `BPF_PROG_LOAD`, the `bpf(2)` command.
+const BPF_PROG_LOAD: libc::c_long = 5;
+/// `BPF_PROG_TYPE_SOCKET_FILTER`, the type TUN's steering programs have.
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+/// `offsetof(struct __sk_buff, hash)`: after twelve `__u32` fields and
+/// `cb[5]`.
+const SK_BUFF_HASH: i16 = 68;
+
+/// Loads the steering program `return skb->hash % queues` (`queues` >= 1):
+/// every flow stays on one of the first `queues` queues.
+pub(crate) fn load_steering_prog(queues: u32) -> io::Result<OwnedFd> {
+    let modulus = i32::try_from(queues.max(1)).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let insns = [
+        // r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, hash))
+        BpfInsn { code: 0x61, regs: 0x10, off: SK_BUFF_HASH, imm: 0 },
+        // w0 %= queues
+        BpfInsn { code: 0x94, regs: 0, off: 0, imm: modulus },
+        // return r0
+        BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 },
+    ];
+    let license = c"GPL";
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+    };
+    // SAFETY: BPF_PROG_LOAD reads `size_of::<BpfProgLoad>()` bytes of
+    // `attr`, and through it the instructions and the NUL-terminated
+    // license, all live locals for the call; it writes nothing back (no
+    // log buffer) and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `fd` was just returned by bpf(2), is open, and nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

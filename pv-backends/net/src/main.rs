@@ -84,12 +84,14 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = TapWriterArg::Thread)]
     tap_writer: TapWriterArg,
     /// How the packets written to the TAP reach dom0's network stack:
-    /// `inline`, in the write; `napi`, through the TAP queue's NAPI
-    /// instance (IFF_NAPI, with GRO) in the write's softirq; `napi-thread`,
-    /// through that instance in a kernel thread of its own (the TAP's
-    /// `threaded` attribute), which takes a batch of written packets at a
-    /// time.
-    #[arg(long, value_enum, default_value_t = TapDeliveryArg::Inline)]
+    /// `split` (the default), the guest's pure TCP acknowledgements in the
+    /// write and its other packets through a second TAP queue per queue,
+    /// whose NAPI instance (IFF_NAPI) runs in a kernel thread of its own
+    /// and takes a batch of them at a time; `inline`, every packet in the
+    /// write; `napi`, every packet through the TAP queue's NAPI instance in
+    /// the write's softirq; `napi-thread`, every packet through that
+    /// instance in its kernel thread.
+    #[arg(long, value_enum, default_value_t = TapDeliveryArg::Split)]
     tap_delivery: TapDeliveryArg,
     /// The platform.
     #[arg(long, value_enum, default_value_t = PlatformKind::Xen)]
@@ -119,6 +121,7 @@ enum TapDeliveryArg {
     Inline,
     Napi,
     NapiThread,
+    Split,
 }
 
 fn parse_mac_arg(text: &str) -> Result<[u8; 6], String> {
@@ -159,7 +162,9 @@ fn run(cli: Cli) -> Result<(), MainError> {
         TapDeliveryArg::Inline => Delivery::Inline,
         TapDeliveryArg::Napi => Delivery::Napi,
         TapDeliveryArg::NapiThread => Delivery::NapiThread,
+        TapDeliveryArg::Split => Delivery::Inline,
     };
+    cfg.tap_bulk_queue = cli.tap_delivery == TapDeliveryArg::Split;
     match (cli.platform, cli.loopback_dir) {
         (PlatformKind::Loopback, Some(dir)) => {
             serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, cfg)

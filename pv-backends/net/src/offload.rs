@@ -147,6 +147,27 @@ pub fn parse_l4(frame: &[u8]) -> Option<L4Info> {
     })
 }
 
+/// Whether `frame` is a TCP segment that only acknowledges: the ACK flag,
+/// no SYN, FIN, RST or URG, and no payload (by the IP header's length, so
+/// that Ethernet padding does not count), and no GSO.
+pub fn is_pure_tcp_ack(frame: &[u8], offload: &TxOffload) -> bool {
+    const FIN_SYN_RST_URG: u8 = 0x01 | 0x02 | 0x04 | 0x20;
+    const ACK: u8 = 0x10;
+    if offload.gso.is_some() {
+        return false;
+    }
+    let Some(info) = parse_l4(frame).filter(|i| i.protocol == IPPROTO_TCP) else {
+        return false;
+    };
+    let ip_end = if info.ipv6 {
+        be16(frame, info.l3 + 4).map(|len| info.l3 + 40 + usize::from(len))
+    } else {
+        be16(frame, info.l3 + 2).map(|len| info.l3 + usize::from(len))
+    };
+    let flags = frame.get(info.l4 + 13).copied().unwrap_or(0);
+    ip_end == Some(info.header_len()) && flags & ACK != 0 && flags & FIN_SYN_RST_URG == 0
+}
+
 /// Adds `data` as big-endian 16-bit words to a ones' complement sum.
 fn sum_words(mut sum: u64, data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(2);
@@ -419,6 +440,33 @@ pub(crate) mod tests {
         set_pseudo_header_checksum(&mut copy, &info);
         complete_checksum(&mut copy, info.l4, info.csum_offset);
         copy[at..at + 2] == stored
+    }
+
+    #[test]
+    fn pure_tcp_acks_are_told_from_segments_with_data_or_other_flags() {
+        let plain = TxOffload::default();
+        // tcp4_frame's flags are ACK|PSH.
+        let mut ack = tcp4_frame(0);
+        assert!(is_pure_tcp_ack(&ack, &plain));
+        // Ethernet padding is not payload.
+        ack.extend([0u8; 6]);
+        assert!(is_pure_tcp_ack(&ack, &plain));
+        assert!(!is_pure_tcp_ack(&tcp4_frame(1), &plain));
+        let gso = TxOffload {
+            gso: Some(NetifExtraGso { size: 1448, type_: XEN_NETIF_GSO_TYPE_TCPV4, pad: 0, features: 0 }),
+            ..plain
+        };
+        assert!(!is_pure_tcp_ack(&tcp4_frame(0), &gso));
+        for (flag, name) in [(0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x20, "URG")] {
+            let mut f = tcp4_frame(0);
+            f[ETH_HLEN + 20 + 13] |= flag;
+            assert!(!is_pure_tcp_ack(&f, &plain), "{name}");
+        }
+        let mut no_ack = tcp4_frame(0);
+        no_ack[ETH_HLEN + 20 + 13] = 0x08;
+        assert!(!is_pure_tcp_ack(&no_ack, &plain));
+        assert!(!is_pure_tcp_ack(&udp6_frame(0), &plain));
+        assert!(!is_pure_tcp_ack(&ack[..30], &plain));
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! thread copies the next into a second buffer: a TAP write carries the
 //! packet through dom0's network stack (bridge, IP, TCP up to the
 //! receiving socket) and takes about as long as the copies and the
-//! notify together, so the two overlap on two CPUs. Receive: read frames from the
+//! notify together, so the two overlap on two CPUs. With a bulk TAP queue
+//! ([`QueueIo::bulk`]), packets other than pure TCP acknowledgements are
+//! written there, and its NAPI thread carries them through the stack
+//! instead of the write. Receive: read frames from the
 //! TAP while the frontend has posted enough requests for them (at most
 //! [`BATCH_BYTES`] of them), copy them in with one batch, and push those
 //! responses the same way. The buffers copied through are pages granted to
@@ -43,7 +46,7 @@ use hypercall_abi::xen::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use rxen_tap::{Tap, VirtioNetHdr, VNET_HDR_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::offload::{tx_vnet_hdr, RxFeatures, TxOffload};
+use crate::offload::{is_pure_tcp_ack, tx_vnet_hdr, RxFeatures, TxOffload};
 use crate::rx::{self, RxError, RxPlan, RxRing};
 use crate::stats::Stats;
 use crate::tx::{self, TxPacket, TxRing, TxVerdict};
@@ -180,6 +183,11 @@ pub struct QueueIo<G> {
     pub frontend: DomId,
     /// This queue's TAP queue.
     pub tap: Tap,
+    /// A second TAP queue for the frontend's packets other than pure TCP
+    /// acknowledgements, which reach dom0's stack through its NAPI thread;
+    /// nothing is read from it (the TAP's steering keeps frames for the
+    /// frontend on the first queues). `None`: all go through `tap`.
+    pub bulk: Option<Tap>,
     /// What the frontend can receive.
     pub features: RxFeatures,
     /// The frontend notifies new receive requests (`feature-rx-notify`).
@@ -197,6 +205,7 @@ impl<G> QueueIo<G> {
             grants: Arc::clone(&self.grants),
             frontend: self.frontend,
             tap: self.tap.try_clone().map_err(std::io::Error::other)?,
+            bulk: self.bulk.as_ref().map(Tap::try_clone).transpose().map_err(std::io::Error::other)?,
             features: self.features,
             rx_notify: self.rx_notify,
             stats: Arc::clone(&self.stats),
@@ -480,21 +489,31 @@ impl TxBatch {
 
     /// Writes copied-out packets to the TAP on this thread.
     fn write<G>(&mut self, queue: u32, io: &QueueIo<G>, frames: Vec<(TxOffload, std::ops::Range<usize>)>) {
-        write_frames(queue, &io.tap, &io.stats, &mut *self.buf, frames);
+        write_frames(queue, &io.tap, io.bulk.as_ref(), &io.stats, &mut *self.buf, frames);
     }
 }
 
-/// Writes each packet of `frames`, copied out into `buf`, to the TAP.
+/// Writes each packet of `frames`, copied out into `buf`, to the TAP: to
+/// `bulk` if given, except pure TCP acknowledgements. An acknowledgement
+/// may then reach the stack before packets written before it that the
+/// bulk queue's NAPI thread has not handed over yet: TCP takes an
+/// acknowledgement apart from the data of its own direction, and every
+/// packet with data keeps its order.
 fn write_frames(
     queue: u32,
     tap: &Tap,
+    bulk: Option<&Tap>,
     stats: &Stats,
     buf: &mut dyn CopyMemory,
     frames: Vec<(TxOffload, std::ops::Range<usize>)>,
 ) {
     for (offload, range) in frames {
         if let Some(bytes) = buf.bytes_mut().get_mut(range) {
-            send_to_tap(queue, tap, stats, &offload, bytes);
+            let to = match bulk {
+                Some(bulk) if !bytes.get(VNET_HDR_LEN..).is_some_and(|f| is_pure_tcp_ack(f, &offload)) => bulk,
+                _ => tap,
+            };
+            send_to_tap(queue, to, stats, &offload, bytes);
         }
     }
 }
@@ -504,12 +523,13 @@ fn write_frames(
 fn write_batches(
     queue: u32,
     tap: &Tap,
+    bulk: Option<&Tap>,
     stats: &Stats,
     filled: &mpsc::Receiver<Filled>,
     spare: &mpsc::SyncSender<Box<dyn CopyMemory>>,
 ) {
     while let Ok(Filled { mut buf, frames }) = filled.recv() {
-        write_frames(queue, tap, stats, &mut *buf, frames);
+        write_frames(queue, tap, bulk, stats, &mut *buf, frames);
         if spare.send(buf).is_err() {
             return;
         }
@@ -545,11 +565,11 @@ fn serve<G: GrantMap, E: EventChannels>(
     let (filled_tx, filled_rx) = mpsc::sync_channel(1);
     let (spare_tx, spare_rx) = mpsc::sync_channel(2);
     let _ = spare_tx.send(spare);
-    let (tap, stats) = (&io.tap, &*io.stats);
+    let (tap, bulk, stats) = (&io.tap, io.bulk.as_ref(), &*io.stats);
     std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name(format!("rnetback-q{index}-tap"))
-            .spawn_scoped(scope, move || write_batches(index, tap, stats, &filled_rx, &spare_tx));
+            .spawn_scoped(scope, move || write_batches(index, tap, bulk, stats, &filled_rx, &spare_tx));
         let link = match writer {
             Ok(_) => Some(WriterLink {
                 filled: filled_tx,

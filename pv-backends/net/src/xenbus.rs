@@ -93,6 +93,12 @@ pub struct BackendConfig {
     pub tap_writer_thread: bool,
     /// How the packets written to the TAP reach dom0's network stack.
     pub tap_delivery: Delivery,
+    /// Write the frontend's packets other than pure TCP acknowledgements
+    /// to a second TAP queue per queue, whose NAPI thread hands them to
+    /// dom0's stack ([`Delivery::NapiThread`]); acknowledgements go
+    /// through the first as `tap_delivery` says. The TAP is then
+    /// multi-queue, and steers frames for the frontend to the first queues.
+    pub tap_bulk_queue: bool,
     /// Write `hotplug-status` = `connected` once the TAP is set up, as the
     /// hotplug script does for in-kernel netback (libxl waits for it).
     pub hotplug_status: bool,
@@ -120,6 +126,7 @@ impl BackendConfig {
             split_event_channels: true,
             tap_writer_thread: true,
             tap_delivery: Delivery::Inline,
+            tap_bulk_queue: true,
             hotplug_status: true,
             poll_interval: Duration::from_millis(200),
         }
@@ -310,7 +317,7 @@ impl<P: Platform> Backend<P> {
             })?,
             (None, None) => DEFAULT_MTU,
         };
-        let tap = Tap::create_with(&cfg.tap_name(), cfg.max_queues > 1, cfg.tap_delivery)?;
+        let tap = Tap::create_with(&cfg.tap_name(), cfg.max_queues > 1 || cfg.tap_bulk_queue, cfg.tap_delivery)?;
         tap.set_carrier(false)?;
         tap.set_mac(TAP_MAC)?;
         tap.set_mtu(mtu)?;
@@ -658,6 +665,17 @@ impl<P: Platform> Backend<P> {
         for _ in 1..queues {
             taps.push(self.tap.open_queue()?);
         }
+        // The bulk queues come after all of those, and frames for the
+        // frontend are steered to those only.
+        let bulk = if self.cfg.tap_bulk_queue {
+            self.open_bulk_queues(queues).unwrap_or_else(|e| {
+                log::warn!("{}: no bulk TAP queues ({e}); every packet goes through the first queues", self.be_path);
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let mut bulk = bulk.into_iter();
         let mut connected = Vec::new();
         for (q, ring) in (0..).zip(&rings) {
             let evtchn = self.platform.event_channels()?;
@@ -686,6 +704,7 @@ impl<P: Platform> Backend<P> {
                 grants: Arc::clone(&self.grants),
                 frontend: self.cfg.frontend_domid,
                 tap,
+                bulk: bulk.next(),
                 features,
                 rx_notify,
                 stats: Arc::clone(&self.stats),
@@ -717,6 +736,18 @@ impl<P: Platform> Backend<P> {
     }
 
     /// Stops the queues and unmaps everything of the frontend's.
+    /// Opens a bulk TAP queue for each of `queues` (after the first
+    /// queues, all open) and steers frames for the frontend to the first
+    /// ones. On an error the bulk queues opened so far close again, so no
+    /// frame is steered to a queue nothing reads.
+    fn open_bulk_queues(&self, queues: u32) -> Result<Vec<Tap>, TapError> {
+        let bulk = (0..queues)
+            .map(|_| self.tap.open_queue_with(Delivery::NapiThread))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.tap.steer_to_first(queues)?;
+        Ok(bulk)
+    }
+
     fn disconnect(&mut self) {
         if let Some(connection) = self.connection.take() {
             if let Err(e) = self.tap.set_carrier(false) {

@@ -48,6 +48,12 @@ pub struct Rig {
 impl Rig {
     /// Starts a backend offering `max_queues` queues on a TAP of its own.
     pub fn start(max_queues: u32) -> Rig {
+        Rig::start_with(max_queues, |_| {})
+    }
+
+    /// [`Rig::start`], with `configure` applied to the backend's
+    /// configuration last.
+    pub fn start_with(max_queues: u32, configure: impl FnOnce(&mut BackendConfig)) -> Rig {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("rnetback-e2e-{}-{n}", std::process::id()));
@@ -61,6 +67,7 @@ impl Rig {
         cfg.ifname = Some(ifname.clone());
         cfg.max_queues = max_queues;
         cfg.poll_interval = Duration::from_millis(50);
+        configure(&mut cfg);
         let be_path = cfg.backend_path();
         let fe_path = format!("/local/domain/{FE}/device/vif/{DEVID}");
 
