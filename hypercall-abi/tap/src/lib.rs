@@ -10,7 +10,10 @@
 //! spreads frames across them. [`Tap::create_with`] chooses how frames
 //! written to the interface reach the host's stack ([`Delivery`]): in the
 //! write, or through a NAPI instance per queue (`IFF_NAPI`), run in the
-//! write's softirq or in a kernel thread of its own.
+//! write's softirq or in a kernel thread of its own; a queue opened with
+//! [`Tap::open_queue_with`] may differ from the others. [`Tap::steer_to_first`]
+//! keeps the frames the host sends on the first queues, so that later
+//! ones are only written to.
 //!
 //! The interface is configured through the usual ioctls: MAC address,
 //! MTU, link up, and membership of a Linux bridge (what Xen's `vif-bridge`
