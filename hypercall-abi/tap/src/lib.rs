@@ -467,6 +467,18 @@ pub fn ifindex(name: &str) -> Result<i32, TapError> {
     Ok(req.int())
 }
 
+/// How many NAPI kernel threads interface `name` has (`napi/NAME-<id>`,
+/// one per queue whose NAPI instance is threaded; the kernel cuts their
+/// names to 15 bytes, and so does the match). Other interfaces whose names
+/// share those first bytes are counted too.
+pub fn napi_threads(name: &str) -> io::Result<usize> {
+    let prefix: String = format!("napi/{name}-").chars().take(15).collect();
+    Ok(std::fs::read_dir("/proc")?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end().starts_with(&prefix))
+        .count())
+}
+
 /// Creates Linux bridge `name` (`SIOCBRADDBR`), down.
 pub fn create_bridge(name: &str) -> Result<(), TapError> {
     check_name(name)?;
@@ -654,17 +666,6 @@ mod tests {
         frames_cross(&tap, &[&tap]);
     }
 
-    /// `NAME`'s kernel threads `napi/NAME-<id>` (their names cut to 15
-    /// bytes, as the kernel keeps them).
-    fn napi_threads(name: &str) -> usize {
-        let prefix: String = format!("napi/{name}-").chars().take(15).collect();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.trim_end().starts_with(&prefix))
-            .count()
-    }
-
     #[test]
     fn napi_delivery_hands_frames_to_the_stack_in_the_write_or_a_thread() {
         for (delivery, threaded) in [(Delivery::Napi, "0"), (Delivery::NapiThread, "1")] {
@@ -678,7 +679,7 @@ mod tests {
             // A thread per queue with NapiThread, the second queue's made
             // when it was attached; none without.
             let want = if delivery == Delivery::NapiThread { 2 } else { 0 };
-            assert_eq!(napi_threads(tap.name()), want, "{delivery:?}");
+            assert_eq!(napi_threads(tap.name()).unwrap(), want, "{delivery:?}");
             frames_cross(&tap, &[&tap, &second]);
             frames_cross(&second, &[&tap, &second]);
         }
@@ -728,7 +729,7 @@ mod tests {
         assert_eq!(queues_hit(&host, &[&tap, &second]), [0].into());
         // The second queue still delivers what is written to it, through
         // its NAPI thread.
-        assert_eq!(napi_threads(tap.name()), 1);
+        assert_eq!(napi_threads(tap.name()).unwrap(), 1);
         frames_cross(&second, &[&tap]);
     }
 

@@ -46,4 +46,4 @@ pub mod xenbus;
 pub use platform::{LoopbackPlatform, Platform, PlatformError, XenPlatform};
 pub use stats::{Stats, StatsSnapshot};
 pub use pv_backend_common::StopSignal;
-pub use xenbus::{Backend, BackendConfig, BackendError, XenbusState};
+pub use xenbus::{Backend, BackendConfig, BackendError, TapDelivery, XenbusState};

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use rnetback::xenbus::parse_mac;
-use rxen_tap::Delivery;
-use rnetback::{Backend, BackendConfig, LoopbackPlatform, Platform, StopSignal, XenPlatform};
+use rnetback::{Backend, BackendConfig, LoopbackPlatform, Platform, StopSignal, TapDelivery, XenPlatform};
 
 const SYNTAX: &str = "\
 The toolstack must have created the device in xenstore first (as xl
@@ -159,12 +158,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
     cfg.split_event_channels = !cli.no_split_event_channels;
     cfg.tap_writer_thread = cli.tap_writer == TapWriterArg::Thread;
     cfg.tap_delivery = match cli.tap_delivery {
-        TapDeliveryArg::Inline => Delivery::Inline,
-        TapDeliveryArg::Napi => Delivery::Napi,
-        TapDeliveryArg::NapiThread => Delivery::NapiThread,
-        TapDeliveryArg::Split => Delivery::Inline,
+        TapDeliveryArg::Split => TapDelivery::Split,
+        TapDeliveryArg::Inline => TapDelivery::Inline,
+        TapDeliveryArg::Napi => TapDelivery::Napi,
+        TapDeliveryArg::NapiThread => TapDelivery::NapiThread,
     };
-    cfg.tap_bulk_queue = cli.tap_delivery == TapDeliveryArg::Split;
     match (cli.platform, cli.loopback_dir) {
         (PlatformKind::Loopback, Some(dir)) => {
             serve(LoopbackPlatform::connect(&dir, cli.backend_domid)?, cfg)

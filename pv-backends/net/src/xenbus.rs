@@ -61,6 +61,43 @@ pub const TAP_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
 /// The MTU when neither `--mtu` nor the backend's `mtu` node gives one.
 pub const DEFAULT_MTU: u32 = 1500;
 
+/// How the frontend's packets, written to the TAP, reach dom0's network
+/// stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapDelivery {
+    /// The pure TCP acknowledgements in the write, as `Inline`; the other
+    /// packets through a second TAP queue per queue whose NAPI instance
+    /// runs in a kernel thread ([`Delivery::NapiThread`]) and takes a
+    /// batch at a time. The TAP is then multi-queue, and steers frames for
+    /// the frontend to the first queues.
+    Split,
+    /// Every packet in the write ([`Delivery::Inline`]).
+    Inline,
+    /// Every packet through the TAP queue's NAPI instance, in the write's
+    /// softirq ([`Delivery::Napi`]).
+    Napi,
+    /// Every packet through the TAP queue's NAPI instance, in its kernel
+    /// thread ([`Delivery::NapiThread`]).
+    NapiThread,
+}
+
+impl TapDelivery {
+    /// How the first queues (those also read) deliver.
+    pub fn first_queues(self) -> Delivery {
+        match self {
+            TapDelivery::Split | TapDelivery::Inline => Delivery::Inline,
+            TapDelivery::Napi => Delivery::Napi,
+            TapDelivery::NapiThread => Delivery::NapiThread,
+        }
+    }
+
+    /// Whether each queue has a second TAP queue for the bulk of the
+    /// frontend's packets.
+    pub fn bulk_queue(self) -> bool {
+        self == TapDelivery::Split
+    }
+}
+
 /// What the backend offers and where it lives.
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
@@ -92,13 +129,7 @@ pub struct BackendConfig {
     /// thread.
     pub tap_writer_thread: bool,
     /// How the packets written to the TAP reach dom0's network stack.
-    pub tap_delivery: Delivery,
-    /// Write the frontend's packets other than pure TCP acknowledgements
-    /// to a second TAP queue per queue, whose NAPI thread hands them to
-    /// dom0's stack ([`Delivery::NapiThread`]); acknowledgements go
-    /// through the first as `tap_delivery` says. The TAP is then
-    /// multi-queue, and steers frames for the frontend to the first queues.
-    pub tap_bulk_queue: bool,
+    pub tap_delivery: TapDelivery,
     /// Write `hotplug-status` = `connected` once the TAP is set up, as the
     /// hotplug script does for in-kernel netback (libxl waits for it).
     pub hotplug_status: bool,
@@ -125,8 +156,7 @@ impl BackendConfig {
                 .min(MAX_QUEUES),
             split_event_channels: true,
             tap_writer_thread: true,
-            tap_delivery: Delivery::Inline,
-            tap_bulk_queue: true,
+            tap_delivery: TapDelivery::Split,
             hotplug_status: true,
             poll_interval: Duration::from_millis(200),
         }
@@ -317,7 +347,11 @@ impl<P: Platform> Backend<P> {
             })?,
             (None, None) => DEFAULT_MTU,
         };
-        let tap = Tap::create_with(&cfg.tap_name(), cfg.max_queues > 1 || cfg.tap_bulk_queue, cfg.tap_delivery)?;
+        let tap = Tap::create_with(
+            &cfg.tap_name(),
+            cfg.max_queues > 1 || cfg.tap_delivery.bulk_queue(),
+            cfg.tap_delivery.first_queues(),
+        )?;
         tap.set_carrier(false)?;
         tap.set_mac(TAP_MAC)?;
         tap.set_mtu(mtu)?;
@@ -667,7 +701,7 @@ impl<P: Platform> Backend<P> {
         }
         // The bulk queues come after all of those, and frames for the
         // frontend are steered to those only.
-        let bulk = if self.cfg.tap_bulk_queue {
+        let bulk = if self.cfg.tap_delivery.bulk_queue() {
             self.open_bulk_queues(queues).unwrap_or_else(|e| {
                 log::warn!("{}: no bulk TAP queues ({e}); every packet goes through the first queues", self.be_path);
                 Vec::new()

@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{NetFront, Rig, GUEST_MAC, TIMEOUT};
+use rnetback::TapDelivery;
 use hypercall_abi::xen::netif::{
     NetifExtraFlags, NetifExtraGso, NetifExtraInfo, NetifExtraType, NetifTxRequest,
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED,
@@ -383,12 +384,12 @@ fn multi_queue_with_split_event_channels_serves_every_queue() {
     rig.stop();
 }
 
-/// With `tap_bulk_queue`, the guest's packets with data go through a
+/// With `TapDelivery::Split`, the guest's packets with data go through a
 /// second TAP queue per queue (NAPI threads), its pure acknowledgements
 /// and everything for the guest through the first.
 #[test]
 fn bulk_queues_carry_the_guests_data_and_frames_for_it_stay_on_the_first_queues() {
-    let rig = Rig::start_with(2, |cfg| cfg.tap_bulk_queue = true);
+    let rig = Rig::start_with(2, |cfg| cfg.tap_delivery = TapDelivery::Split);
     let mut front = NetFront::connect(&rig, 2, true, 64);
     let host = rig.host();
 
@@ -405,13 +406,7 @@ fn bulk_queues_carry_the_guests_data_and_frames_for_it_stay_on_the_first_queues(
         }
     }
     // Two NAPI threads: one per bulk queue.
-    let prefix: String = format!("napi/{}-", rig.ifname).chars().take(15).collect();
-    let napi = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end().starts_with(&prefix))
-        .count();
-    assert_eq!(napi, 2);
+    assert_eq!(rxen_tap::napi_threads(&rig.ifname).unwrap(), 2);
     // Frames of many flows for the guest all reach it: none is steered to
     // a bulk queue, which nothing reads.
     for flow in 0..16u16 {
