@@ -64,6 +64,17 @@ impl Agent {
     /// Waits until the agent on `stream` reports ready; returns the agent
     /// and the dom0 kernel release it reported.
     pub fn wait_ready(stream: UnixStream, deadline: Instant) -> Result<(Agent, String)> {
+        Agent::wait_ready_or(stream, deadline, Duration::MAX, || Ok(()))
+    }
+
+    /// [`Agent::wait_ready`], calling `check` every `every` while it
+    /// waits: an error from `check` (the boot went wrong) ends the wait.
+    pub fn wait_ready_or(
+        stream: UnixStream,
+        deadline: Instant,
+        every: Duration,
+        mut check: impl FnMut() -> Result<()>,
+    ) -> Result<(Agent, String)> {
         let mut agent = Agent {
             stream,
             buf: Vec::new(),
@@ -71,7 +82,17 @@ impl Agent {
             broken: None,
         };
         loop {
-            let line = agent.read_line(deadline)?;
+            let now = Instant::now();
+            let slice = now.checked_add(every).map_or(deadline, |t| t.min(deadline));
+            let line = match agent.read_line(slice) {
+                Ok(line) => line,
+                // The slice ended, not the wait: what was read is kept.
+                Err(Error::Protocol(_)) if Instant::now() >= slice && slice < deadline => {
+                    check()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(release) = line.strip_prefix("RXEN-READY ") {
                 return Ok((agent, release.trim().to_owned()));
             }
@@ -285,6 +306,40 @@ mod tests {
         }
         drop(agent);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_wait_for_ready_checks_between_slices_and_keeps_what_it_read() {
+        let (host, dom0) = UnixStream::pair().unwrap();
+        let mut w = dom0.try_clone().unwrap();
+        // Half a line now, the rest after two slices.
+        let t = thread::spawn(move || {
+            w.write_all(b"RXEN-REA").unwrap();
+            thread::sleep(Duration::from_millis(250));
+            w.write_all(b"DY 6.1.0-late\n").unwrap();
+            w
+        });
+        let mut checks = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (_, release) = Agent::wait_ready_or(host, deadline, Duration::from_millis(50), || {
+            checks += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(release, "6.1.0-late");
+        assert!(checks >= 2, "{checks} checks");
+        drop(t.join().unwrap());
+        drop(dom0);
+
+        // A check that fails ends the wait with its error, long before
+        // the deadline.
+        let (host, _dom0) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let got = Agent::wait_ready_or(host, start + Duration::from_secs(10), Duration::from_millis(20), || {
+            Err(Error::BootStalled { quiet: Duration::from_secs(90), serial_log: "log".into() })
+        });
+        assert!(matches!(got, Err(Error::BootStalled { .. })), "{got:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -71,6 +71,16 @@ pub enum Error {
         serial_log: PathBuf,
     },
 
+    /// The console stayed silent for `quiet` before dom0 was ready: the
+    /// boot hung.
+    #[error("dom0 hung on its way up: no console output for {quiet:?}; the serial console is in {serial_log}")]
+    BootStalled {
+        /// How long the console was silent.
+        quiet: Duration,
+        /// The Xen and dom0 console log.
+        serial_log: PathBuf,
+    },
+
     /// A dom0 step did not finish in time (the agent killed it).
     #[error("dom0 step did not finish within {timeout:?}: {script}")]
     StepTimeout {

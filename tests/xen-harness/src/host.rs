@@ -16,6 +16,13 @@ use crate::guest::{
 };
 use crate::manifest::{GuestKernel, Manifest};
 
+/// How long the console may stay silent before dom0 is ready: a boot
+/// prints all the way (dom0's kernel, then its init), and one that hung
+/// under emulation printed nothing more for minutes.
+pub const BOOT_STALL: Duration = Duration::from_secs(90);
+/// How often a boot's console is looked at.
+const BOOT_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// Default timeout of a dom0 step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -357,7 +364,9 @@ impl XenHost {
                 return Err(e);
             }
         };
-        let (agent, dom0_release) = match Agent::wait_ready(stream, deadline) {
+        let mut console = ConsoleWatch::new(&serial_log, BOOT_STALL);
+        let stalled = || console.check();
+        let (agent, dom0_release) = match Agent::wait_ready_or(stream, deadline, BOOT_CHECK_EVERY, stalled) {
             Ok(r) => r,
             Err(e) => {
                 let err = match qemu.try_wait() {
@@ -1015,6 +1024,32 @@ fn accept_until(
     }
 }
 
+/// Whether a booting host's console log still grows.
+struct ConsoleWatch<'a> {
+    log: &'a Path,
+    stall: Duration,
+    len: u64,
+    since: Instant,
+}
+
+impl<'a> ConsoleWatch<'a> {
+    fn new(log: &'a Path, stall: Duration) -> Self {
+        ConsoleWatch { log, stall, len: 0, since: Instant::now() }
+    }
+
+    /// [`Error::BootStalled`] once the log has not grown for `stall`.
+    fn check(&mut self) -> Result<()> {
+        let len = fs::metadata(self.log).map_or(0, |m| m.len());
+        if len != self.len {
+            self.len = len;
+            self.since = Instant::now();
+        } else if self.since.elapsed() >= self.stall {
+            return Err(Error::BootStalled { quiet: self.since.elapsed(), serial_log: self.log.to_owned() });
+        }
+        Ok(())
+    }
+}
+
 /// The last `n` lines of a file, for failure reports.
 pub fn tail_file(path: &Path, n: usize) -> String {
     match fs::read(path) {
@@ -1065,6 +1100,23 @@ mod tests {
         let out = dir.join("out");
         write_concat(&base, b"0707", &out).unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"abcde\0\0\x000707");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_console_that_stops_growing_is_a_stalled_boot() {
+        let dir = make_run_dir().unwrap();
+        let log = dir.join("serial.log");
+        let mut watch = ConsoleWatch::new(&log, Duration::from_millis(200));
+        // A log that grows (or appears) is never stalled.
+        for i in 0..4 {
+            fs::write(&log, "x".repeat(i + 1)).unwrap();
+            watch.check().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        watch.check().unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(matches!(watch.check(), Err(Error::BootStalled { .. })));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -282,7 +282,7 @@ pub fn boot(config: HostConfig, figures: &mut Figures) -> Result<XenHost> {
         // dom0 hung on its way up: seen under emulation, once in a while,
         // with no console output for minutes after ACPI's PnP init (the
         // console's tail was printed). Not a scenario's fault: once more.
-        Err(e @ xen_harness::Error::BootTimeout { .. }) => {
+        Err(e @ (xen_harness::Error::BootTimeout { .. } | xen_harness::Error::BootStalled { .. })) => {
             log::warn!("{e}; booting the test host once more");
             XenHost::boot(config)?
         }
