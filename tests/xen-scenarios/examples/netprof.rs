@@ -1,8 +1,11 @@
 //! A development aid (not a suite): dom0's view while one 6.12 PV guest
 //! runs iperf3 over Linux's netback and over rnetback, each direction in
 //! turn: bytes and frames through each vif, interrupts, CPU time of
-//! rnetback's threads, dom0's TCP counters (`nstat`), system calls (`perf trace -s`) and a `perf record`
-//! profile with call graphs.
+//! rnetback's threads, dom0's TCP counters (`nstat`) and connections
+//! (`ss -tin`), system calls (`perf trace -s`) and a `perf record`
+//! profile with call graphs; and the guest's view: its CPU time,
+//! interrupts, and per second of iperf3 its sender's congestion window
+//! and smoothed RTT (guest to dom0 only).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
@@ -62,12 +65,15 @@ for p in {phases}; do
     case $b in netback) n=$k ;; *) n=$r ;; esac
     pk0="$(cat /sys/class/net/$n/statistics/tx_packets) $(cat /sys/class/net/$n/statistics/rx_packets)"
     grep -E -- '-event' /proc/interrupts > /tmp/i0; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s0
-    mbps=$(iperf3 -c $ip -t {seconds} -f m $flag 2>/tmp/iperf.err | awk '/receiver/ {{print $7}}')
+    iperf3 -c $ip -t {seconds} $flag -J >/tmp/iperf.json 2>/tmp/iperf.err
+    mbps=$(grep -A8 '"sum_received"' /tmp/iperf.json | awk -F: '/bits_per_second/ {{gsub(/[ ,]/, "", $2); printf "%d", $2 / 1e6; exit}}')
     grep -E -- '-event' /proc/interrupts > /tmp/i1; grep -E '^cpu[0-9]* ' /proc/stat > /tmp/s1
     pk1="$(cat /sys/class/net/$n/statistics/tx_packets) $(cat /sys/class/net/$n/statistics/rx_packets)"
     echo "RXEN-PROF end $b $d mbps=$mbps"
+    head -c 300 /tmp/iperf.err | sed "s/^/RXEN-PROF guest-iperf-err /"
     echo "$pk0 $pk1" | awk -v p="$b $d" '{{print "RXEN-PROF guest-packets", p, "tx", $3-$1, "rx", $4-$2}}'
     paste /tmp/i0 /tmp/i1 | awk -v p="$b $d" '{{n=NF/2; a=$2+$3; c=$(n+2)+$(n+3); if (c-a > 0) print "RXEN-PROF guest-irq", p, c-a, $n}}'
+    awk -F: -v p="$b $d" '{{gsub(/[ ,\t]/, "", $2)}} /"bits_per_second"/ {{bps=$2}} /"snd_cwnd"/ {{cwnd=$2}} /"rtt"/ {{printf "RXEN-PROF guest-iperf %s mbps %d cwnd %d rtt_us %d in_flight_est %d\n", p, bps / 1e6, cwnd, $2, bps / 8 * $2 / 1e6}}' /tmp/iperf.json
     paste /tmp/s0 /tmp/s1 | awk -v p="$b $d" '{{print "RXEN-PROF guest-stat", p, $1, "user", $13-$2, "sys", $15-$4, "idle", $16-$5, "softirq", $19-$8, "steal", $20-$9}}'
     sleep 30
 done
@@ -115,11 +121,13 @@ pid=$(pidof rnetback); d=$(xl domid netprof)
 links() { for i in rvif$d.1 vif$d.0; do ip -s link show dev $i | awk -v i=$i 'NR==4 {rx=$1" B "$2" pk"} NR==6 {print i" rx(from guest) "rx" tx(to guest) "$1" B "$2" pk"}'; done; }
 links > /tmp/l0; grep -E "xen-dyn|xen-percpu" /proc/interrupts > /tmp/i0; xl vcpu-list > /tmp/v0
 for t in /proc/$pid/task/*; do echo "$t $(cut -d' ' -f2,14,15 $t/stat)"; done > /tmp/t0
+ss -tin > /tmp/ss0
 nstat -n
 $P record -a -F 997 -g -o /tmp/perf.data -- sleep 5 2>&1 | tail -1
 links > /tmp/l1; grep -E "xen-dyn|xen-percpu" /proc/interrupts > /tmp/i1; xl vcpu-list > /tmp/v1
 for t in /proc/$pid/task/*; do echo "$t $(cut -d' ' -f2,14,15 $t/stat)"; done > /tmp/t1
 nstat > /tmp/n1
+echo "== TCP connections before perf (ss -tin)"; cat /tmp/ss0
 echo "== TCP and IP counters (5 s, nstat)"; grep -E "^(Tcp|Ip)" /tmp/n1
 echo "== links (5 s)"; cat /tmp/l0 /tmp/l1
 echo "== interrupts"; paste /tmp/i0 /tmp/i1 | awk '{n=NF/2; a=0; b=0; for (k=2;k<=3;k++) a+=$k; for (k=n+2;k<=n+3;k++) b+=$k; if (b-a > 50) print b-a, $0}' | cut -c1-160
