@@ -418,6 +418,41 @@ impl Tap {
         (&self.file).write(frame)
     }
 
+    /// [`Tap::send`], waiting up to `timeout` for room while the queue's
+    /// written frames fill its send buffer ([`Tap::set_sndbuf`]): those a
+    /// NAPI instance has not handed to the stack yet. `WouldBlock` if
+    /// there was none in time.
+    pub fn send_wait(&self, frame: &[u8], timeout: Duration) -> io::Result<usize> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.send(frame) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            sys::poll_writable(self.file.as_fd(), left.as_millis().clamp(1, i32::MAX as u128) as i32)?;
+        }
+    }
+
+    /// Bounds the bytes of written frames each queue of the interface may
+    /// have in the kernel, not yet taken by the stack (`TUNSETSNDBUF`; the
+    /// kernel's default is unbounded), for the queues attached now: one
+    /// attached later starts unbounded. Frames queued for a NAPI instance
+    /// stay there until its poll; past the bound, [`Tap::send`] says
+    /// `WouldBlock`, and the queue is writable again below half of it.
+    pub fn set_sndbuf(&self, bytes: i32) -> Result<(), TapError> {
+        sys::ioctl_int_ptr(self.file.as_fd(), sys::TUNSETSNDBUF, bytes)
+            .map_err(|e| TapError::io("TUNSETSNDBUF", &self.name, e))
+    }
+
+    /// The bound [`Tap::set_sndbuf`] set (`TUNGETSNDBUF`).
+    pub fn sndbuf(&self) -> Result<i32, TapError> {
+        sys::ioctl_get_int(self.file.as_fd(), sys::TUNGETSNDBUF).map_err(|e| TapError::io("TUNGETSNDBUF", &self.name, e))
+    }
+
     /// The fd, for `poll`: readable when a frame is queued.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
@@ -785,6 +820,69 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the host's frame never reached the TAP"
             );
+        }
+    }
+
+    #[test]
+    fn a_bounded_send_buffer_holds_writes_back_until_the_stack_takes_frames() {
+        let tap = Tap::create_with(&unique("rxt"), true, Delivery::Inline).unwrap();
+        assert!(tap.sndbuf().unwrap() > 1 << 30, "unbounded by default: {}", tap.sndbuf().unwrap());
+        let bulk = tap.open_queue_with(Delivery::NapiThread).unwrap();
+        // A frame or two may wait in the kernel for the NAPI thread (each
+        // takes about 1 KiB of the buffer; writable again below half).
+        bulk.set_sndbuf(4096).unwrap();
+        assert_eq!(tap.sndbuf().unwrap(), 4096);
+        assert_eq!(bulk.sndbuf().unwrap(), 4096);
+        // A queue attached later has the kernel's default until it is set
+        // again.
+        let third = tap.open_queue().unwrap();
+        assert!(third.sndbuf().unwrap() > 1 << 30);
+        third.set_sndbuf(4096).unwrap();
+        assert_eq!(third.sndbuf().unwrap(), 4096);
+        drop(third);
+        assert!(matches!(tap.set_sndbuf(0), Err(TapError::Io { op: "TUNSETSNDBUF", .. })));
+        tap.set_up(true).unwrap();
+        let host = PacketSocket::bind(tap.name(), true).unwrap();
+        let frame = |seq: u16| {
+            let mut f = VirtioNetHdr::default().as_bytes().to_vec();
+            f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5]);
+            f.extend_from_slice(&seq.to_be_bytes());
+            f.extend(std::iter::repeat(0x5a).take(98));
+            f
+        };
+        // The host takes what arrives as it arrives (its socket could hold
+        // them all: about 1 KiB each).
+        const N: u16 = 100;
+        let got = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2048];
+            let mut got = Vec::new();
+            while got.len() < usize::from(N) {
+                let Some(n) = host.recv(&mut buf, Duration::from_secs(5)).unwrap() else { break };
+                if buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == [0x88, 0xb5] {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        });
+        // Written back to back, frames find the buffer full (the last one
+        // not taken yet); waiting for room, every one gets through.
+        let mut full = 0;
+        for seq in 0..N {
+            let f = frame(seq);
+            match bulk.send(&f) {
+                Ok(n) => assert_eq!(n, f.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    full += 1;
+                    assert_eq!(bulk.send_wait(&f, Duration::from_secs(5)).unwrap(), f.len());
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full > 0, "no write found the buffer full");
+        let got = got.join().unwrap();
+        assert_eq!(got.len(), usize::from(N), "frames that reached the host ({full} writes waited)");
+        for (seq, f) in (0..N).zip(&got) {
+            assert_eq!(f[..], frame(seq)[..], "frame {seq}");
         }
     }
 

@@ -14,6 +14,11 @@ pub(crate) const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 pub(crate) const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `TUNSETVNETHDRSZ`: `_IOW('T', 216, int)`.
 pub(crate) const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `TUNSETSNDBUF`: `_IOW('T', 212, int)`, the bytes of written frames
+/// each queue may have in the kernel (not yet taken by the stack).
+pub(crate) const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
+/// `TUNGETSNDBUF`: `_IOR('T', 211, int)`.
+pub(crate) const TUNGETSNDBUF: libc::c_ulong = 0x8004_54d3;
 /// `TUNSETCARRIER`: `_IOW('T', 226, int)`.
 pub(crate) const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
 /// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)`, the fd of a socket filter
@@ -271,11 +276,34 @@ pub(crate) fn setsockopt_int(
     Ok(())
 }
 
+/// `ioctl(fd, request, &mut value)` for the TUN ioctls that write an
+/// `int` through a pointer (`TUNGETSNDBUF`).
+pub(crate) fn ioctl_get_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: the request writes one `int` through the pointer, which
+    // points to a live local exclusively borrowed for the call; the fd is
+    // open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut value as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
 /// Waits up to `timeout_ms` (-1: forever) for `fd` to be readable.
 pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    poll_for(fd, libc::POLLIN, timeout_ms)
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for `fd` to be writable.
+pub(crate) fn poll_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    poll_for(fd, libc::POLLOUT, timeout_ms)
+}
+
+fn poll_for(fd: BorrowedFd<'_>, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     loop {

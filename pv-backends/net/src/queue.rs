@@ -79,6 +79,10 @@ const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often a queue waiting for the rest of a packet looks again.
 const INCOMPLETE_POLL: Duration = Duration::from_millis(1);
+/// How long a TAP write waits for room while the queue's bounded send
+/// buffer ([`crate::xenbus::TAP_SNDBUF`]) is full, before the packet is
+/// dropped.
+const TAP_WRITE_WAIT: Duration = Duration::from_secs(1);
 /// Largest frame the TAP hands out: 64 KiB of GSO frame plus headers.
 const MAX_FRAME: usize = 65536 + 64;
 
@@ -990,7 +994,7 @@ fn send_to_tap(queue: u32, tap: &Tap, stats: &Stats, offload: &TxOffload, buf: &
     };
     head.copy_from_slice(hdr.as_bytes());
     let len = frame.len();
-    match tap.send(buf) {
+    match tap.send_wait(buf, TAP_WRITE_WAIT) {
         Ok(_) => {
             Stats::add(&stats.tx_packets, 1);
             Stats::add(&stats.tx_bytes, len as u64);

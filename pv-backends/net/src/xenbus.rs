@@ -58,6 +58,11 @@ pub const MAX_QUEUES: u32 = 64;
 /// vifs: never used by anyone, and above any guest's in a bridge's choice
 /// of its own address.
 pub const TAP_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+/// The bytes of frames each TAP queue may have written and not yet taken
+/// by dom0's stack, with NAPI delivery ([`Tap::set_sndbuf`]): dozens of the
+/// largest packets.
+pub const TAP_SNDBUF: i32 = 4 << 20;
+
 /// The MTU when neither `--mtu` nor the backend's `mtu` node gives one.
 pub const DEFAULT_MTU: u32 = 1500;
 
@@ -709,6 +714,16 @@ impl<P: Platform> Backend<P> {
         } else {
             Vec::new()
         };
+        // Frames written for a NAPI instance wait in the kernel until its
+        // poll, charged to their queue's send buffer, which the kernel
+        // leaves unbounded: bound it, so that a frontend sending faster
+        // than dom0's stack takes its packets is held back on its ring
+        // (the TAP writes wait for room) instead of growing dom0's memory.
+        if !bulk.is_empty() || self.cfg.tap_delivery.first_queues() != Delivery::Inline {
+            if let Err(e) = self.tap.set_sndbuf(TAP_SNDBUF) {
+                log::warn!("{}: the TAP's queues stay unbounded: {e}", self.be_path);
+            }
+        }
         let mut bulk = bulk.into_iter();
         let mut connected = Vec::new();
         for (q, ring) in (0..).zip(&rings) {
