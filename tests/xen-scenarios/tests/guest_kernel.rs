@@ -67,7 +67,7 @@ if [ -e /sys/bus/xen/drivers/vbd_rs/vbd-51728 ]; then
     for cpu in 0 1; do
         a=$(irq_counts)
         fio --name=deep --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=io_uring \
-            --iodepth=32 --size=64M --number_ios=4000 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
+            --iodepth=32 --size=64M --number_ios=8000 --cpus_allowed=$cpu --minimal >/dev/null 2>&1
         b=$(irq_counts)
         echo "RXEN-GK irq-deep $cpu $a $b"
         fio --name=settle --filename=/dev/xvdb --rw=randread --bs=4k --direct=1 --ioengine=psync \
@@ -320,11 +320,15 @@ fn rust_blkfront(h: &mut XenHost, figures: &mut Figures) -> Result<()> {
         ensure(n.len() == 4, format!("{what}: interrupt counts around reads from vCPU {cpu}: {rust_gk:?}"))?;
         Ok((n[2 + cpu] - n[cpu], n[3 - cpu] - n[1 - cpu]))
     };
+    // The driver decides where a ring's events go once per window of 64
+    // of them, so the first window or two come on the submitter's vCPU
+    // before they move (a deep run takes a few hundred).
+    const LEARNING: i64 = 2 * 64;
     for cpu in [0usize, 1] {
         let (here, there) = counts("irq-deep", cpu)?;
         ensure(
-            there >= 20 && there >= 2 * here,
-            format!("4000 reads 32 in flight from vCPU {cpu}: {here} interrupts there, {there} on the other vCPU"),
+            there >= 20 && there >= 2 * (here - LEARNING).max(0),
+            format!("8000 reads 32 in flight from vCPU {cpu}: {here} interrupts there, {there} on the other vCPU"),
         )?;
         let (here, there) = counts("irq-cpu", cpu)?;
         ensure(
