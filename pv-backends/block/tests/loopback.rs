@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,19 @@ struct Rig {
     backend: Option<JoinHandle<Result<(), BackendError>>>,
     be_path: String,
     fe_path: String,
+    /// Last: released once the rest is dropped.
+    _timing: Timing,
+}
+
+/// A rig with moderation counts events against the frontend's pace, which
+/// other tests' threads would disturb on a busy machine: it runs alone
+/// (holding [`TIMING`] exclusively), the others together (sharing it).
+static TIMING: RwLock<()> = RwLock::new(());
+
+#[allow(dead_code)] // held, never read
+enum Timing {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
 }
 
 #[derive(Clone, Copy)]
@@ -79,6 +92,11 @@ impl Default for DiskSpec {
 
 impl Rig {
     fn start(spec: DiskSpec) -> Rig {
+        // A test that failed holding it poisons it; the others go on.
+        let timing = match spec.coalesce {
+            Some(_) => Timing::Alone(TIMING.write().unwrap_or_else(|e| e.into_inner())),
+            None => Timing::Shared(TIMING.read().unwrap_or_else(|e| e.into_inner())),
+        };
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("rblkback-e2e-{}-{n}", std::process::id()));
@@ -151,7 +169,7 @@ impl Rig {
                 backend.run(&stop)
             })
         };
-        Rig { dir, disk_path, _d0: d0, d1, xs0, stop, backend: Some(backend), be_path, fe_path }
+        Rig { dir, disk_path, _d0: d0, d1, xs0, stop, backend: Some(backend), be_path, fe_path, _timing: timing }
     }
 
     fn file_len(&self) -> usize {
