@@ -423,12 +423,16 @@ impl Tap {
     /// NAPI instance has not handed to the stack yet. `WouldBlock` if
     /// there was none in time.
     pub fn send_wait(&self, frame: &[u8], timeout: Duration) -> io::Result<usize> {
-        let deadline = std::time::Instant::now() + timeout;
+        let mut deadline = None;
         loop {
             match self.send(frame) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
+            // The clock is read only once the queue is full: without a
+            // vDSO clock (a PV dom0) each reading is a system call, too
+            // dear for every write.
+            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + timeout);
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(io::ErrorKind::WouldBlock.into());
